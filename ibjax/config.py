@@ -1,0 +1,201 @@
+"""Experiment configs: the default, validation, and JSON round-trips.
+
+A config is an ``ml_collections.ConfigDict`` (see ``configs/default.py``).
+:func:`validate` checks every field a run reads before anything is compiled or
+written, and names the field and its valid choices on failure. Configs are
+stored beside checkpoints as JSON, never as pickles, so loading a workdir runs
+no code from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import ml_collections
+
+from ibjax.data import DATASET_SOURCES, DATASETS
+from ibjax.losses import CROSS_ENTROPIES, REGULARIZERS
+from ibjax.models import DECODERS, DTYPES, ENCODERS, LATENTS
+
+__all__ = ["ConfigError", "LOSSES", "default_config", "validate", "to_dict", "to_json", "from_json", "differences"]
+
+#: Valid ``objective.loss`` values.
+LOSSES: tuple[str, ...] = ("cross_entropy", "decoder_uncertainty")
+
+
+class ConfigError(ValueError):
+    """A config field has an invalid value; the message names the field."""
+
+
+def _choice(config, field: str, choices) -> None:
+    value = _get(config, field)
+    if value not in choices:
+        raise ConfigError(f"config.{field} must be one of {tuple(choices)}; got {value!r}.")
+
+
+def _get(config, field: str):
+    node = config
+    for part in field.split("."):
+        if part not in node:
+            raise ConfigError(f"config.{field} is missing; start from configs/default.py.")
+        node = node[part]
+    return node
+
+
+def _positive_int(config, field: str, allow_zero: bool = False) -> None:
+    value = _get(config, field)
+    low = 0 if allow_zero else 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"config.{field} must be an integer >= {low}; got {value!r}.")
+
+
+def _nonneg_float(config, field: str, positive: bool = False) -> None:
+    value = _get(config, field)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        kind = "a positive" if positive else "a non-negative"
+        raise ConfigError(f"config.{field} must be {kind} finite number; got {value!r}.")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+    """Checks a training config; raises :class:`ConfigError` naming the bad field.
+
+    Args:
+      config: the experiment config.
+      num_devices: devices the batch is sharded over; batch sizes must divide.
+    """
+    _choice(config, "data.name", DATASETS)
+    _choice(config, "data.source", DATASET_SOURCES[config.data.name])
+    if config.data.source in ("idx", "npz") and not config.data.path:
+        raise ConfigError(f"config.data.path is required for config.data.source={config.data.source!r}.")
+    _positive_int(config, "data.split_at", allow_zero=True)
+    if not isinstance(config.data.augment, bool):
+        raise ConfigError(f"config.data.augment must be True or False; got {config.data.augment!r}.")
+    if config.data.augment and config.data.name != "cifar10":
+        raise ConfigError("config.data.augment (pad-crop-flip) is for cifar10 only; set it to False.")
+
+    _choice(config, "model.encoder", ENCODERS)
+    _choice(config, "model.latent", LATENTS)
+    _choice(config, "model.decoder", DECODERS)
+    _choice(config, "dtype", DTYPES)
+    _positive_int(config, "model.latent_dim")
+    _positive_int(config, "model.num_samples")
+    if not isinstance(config.model.noise, bool):
+        raise ConfigError(f"config.model.noise must be True or False; got {config.model.noise!r}.")
+    if config.model.noise and config.model.latent == "categorical":
+        raise ConfigError("config.model.noise adds Gaussian noise to a continuous latent; set it to False "
+                          "for config.model.latent='categorical'.")
+
+    _choice(config, "objective.loss", LOSSES)
+    _choice(config, "objective.cross_entropy", CROSS_ENTROPIES)
+    _choice(config, "objective.regularizer", REGULARIZERS)
+    _nonneg_float(config, "objective.gamma")
+    _nonneg_float(config, "objective.eps", positive=True)
+    if config.model.latent == "categorical" and config.objective.regularizer != "none":
+        raise ConfigError("config.objective.regularizer acts on a continuous latent; use 'none' with "
+                          "config.model.latent='categorical'.")
+    if config.objective.loss == "decoder_uncertainty" and config.model.latent != "categorical":
+        raise ConfigError("config.objective.loss='decoder_uncertainty' is exact only for a categorical latent; "
+                          "set config.model.latent='categorical' or use loss='cross_entropy'.")
+
+    for field in ("train.num_epochs", "train.batch_size", "train.eval_batch_size", "train.plateau_patience",
+                  "checkpoint.every_epochs"):
+        _positive_int(config, field)
+    _positive_int(config, "checkpoint.max_to_keep", allow_zero=True)
+    _nonneg_float(config, "train.learning_rate", positive=True)
+    factor = _get(config, "train.plateau_factor")
+    if not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+        raise ConfigError(f"config.train.plateau_factor must be in (0, 1]; got {factor!r}.")
+    for field in ("train.batch_size", "train.eval_batch_size"):
+        if _get(config, field) % num_devices:
+            raise ConfigError(f"config.{field}={_get(config, field)} must be divisible by the "
+                              f"{num_devices} devices the batch is sharded over.")
+    _positive_int(config, "seed", allow_zero=True)
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Plain JSON-compatible dict (tuples become lists)."""
+    return json.loads(config.to_json())
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(to_dict(config), indent=2, sort_keys=True)
+
+
+def from_json(text: str, origin: str = "config.json") -> ml_collections.ConfigDict:
+    """Parses a stored config; a malformed file raises :class:`ConfigError` naming it."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{origin} is not valid JSON ({error}); it may have been truncated.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin} must hold a JSON object; got {type(data).__name__}.")
+    return ml_collections.ConfigDict(data)
+
+
+def differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two config dicts."""
+    out = []
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: stored {a!r}, now {b!r}")
+    return out
+
+
+def default_config():
+    """The default experiment config; ``configs/default.py`` returns it.
+
+    It lives in the package so that every config file, loaded by path, can
+    start from it with a plain import.
+    """
+    import ml_collections as mlc
+
+    config = mlc.ConfigDict()
+    config.seed = 0
+    config.dtype = "float32"          # or "bfloat16": bf16 compute, float32 params and losses
+    config.distributed = False        # call jax.distributed.initialize() (multi-host)
+
+    config.data = mlc.ConfigDict()
+    config.data.name = "digits"       # digits | mnist | permuted_mnist | cifar10
+    config.data.source = "embedded"   # embedded | tfds | idx | npz
+    config.data.path = ""             # IDX directory or .npz file for the offline sources
+    config.data.split_at = 0          # > 0: re-split train+test at this index
+    config.data.permutation_seed = 0  # pixel permutation of permuted_mnist
+    config.data.augment = False       # CIFAR pad-4 random crop + flip, on device
+
+    config.model = mlc.ConfigDict()
+    config.model.encoder = "mlp"      # mlp | dropout_cnn | resnet18
+    config.model.encoder_hidden = (1024, 1024)
+    config.model.latent_dim = 100     # K (continuous) or C (categorical)
+    config.model.latent = "continuous"
+    config.model.noise = True         # zero-entropy noise N(0, 1/(2 pi e)) on Z
+    config.model.decoder = "linear"   # linear | categorical_mlp
+    config.model.decoder_hidden = (1024, 1024)
+    config.model.num_samples = 1      # S dropout / noise samples per example
+
+    config.objective = mlc.ConfigDict()
+    config.objective.loss = "cross_entropy"      # cross_entropy | decoder_uncertainty
+    config.objective.cross_entropy = "decoder"   # decoder (H_Θ[Y|Z]) | prediction (H_Θ[Y|X])
+    config.objective.regularizer = "none"        # none | l2 | log_var | cond_log_var
+    config.objective.gamma = 0.0
+    config.objective.eps = 1e-8                  # variance floor of the log-variance regularisers
+
+    # Section 7: Adam, lr 1e-4, x0.8 once the training loss has not improved for more than 3 epochs.
+    config.train = mlc.ConfigDict()
+    config.train.num_epochs = 30
+    config.train.batch_size = 128
+    config.train.eval_batch_size = 512
+    config.train.learning_rate = 1e-4
+    config.train.plateau_factor = 0.8
+    config.train.plateau_patience = 3
+    config.train.progress_bar = True
+
+    config.checkpoint = mlc.ConfigDict()
+    config.checkpoint.every_epochs = 1
+    config.checkpoint.max_to_keep = 0            # 0 keeps all: the analysis reads every epoch
+    return config

@@ -1,0 +1,577 @@
+"""Data sets as uint8 NumPy arrays, and the on-device input pipeline.
+
+The paper's experiments (Kirsch, Lyle & Gal, "Unpacking Information
+Bottlenecks", section 7) use Permutation-MNIST (Goodfellow et al., 2013),
+MNIST and CIFAR10. Each data set is read once on the host into a frozen
+:class:`Dataset` of uint8 images ``[N, H, W, C]`` and int32 labels ``[N]``;
+everything after that (normalisation, augmentation, batching) is a pure
+function of arrays meant to run *inside* the compiled train step.
+
+Sources
+-------
+* ``"embedded"``: ``digits``, the 1,797 real 8×8 handwritten digits shipped
+  with scikit-learn (no download), the default for quick runs and tests.
+* ``"tfds"``: ``tfds.data_source`` (ArrayRecord, no TensorFlow needed).
+* ``"idx"``: a directory of MNIST-format IDX files, gzipped or not.
+* ``"npz"``: one ``.npz`` with ``x_train, y_train, x_test, y_test``.
+
+A file that is missing, malformed or inconsistent raises one
+:class:`DatasetError` naming the file; nothing is returned half-loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import math
+import zipfile
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "DATASETS",
+    "SOURCES",
+    "DATASET_SOURCES",
+    "NORMALIZATION",
+    "Dataset",
+    "DatasetError",
+    "DatasetFileNotFoundError",
+    "load_dataset",
+    "pixel_permutation",
+    "normalize",
+    "preprocess",
+    "crop_and_flip",
+    "random_crop_flip",
+    "epoch_batches",
+    "eval_batches",
+]
+
+#: Valid ``name`` values for :func:`load_dataset`.
+DATASETS: tuple[str, ...] = ("digits", "mnist", "permuted_mnist", "cifar10")
+
+#: Valid ``source`` values for :func:`load_dataset`.
+SOURCES: tuple[str, ...] = ("embedded", "tfds", "idx", "npz")
+
+#: Sources each data set can be read from; the first is the default.
+DATASET_SOURCES: dict[str, tuple[str, ...]] = {
+    "digits": ("embedded", "npz"),
+    "mnist": ("tfds", "idx", "npz"),
+    "permuted_mnist": ("tfds", "idx", "npz"),
+    "cifar10": ("tfds", "npz"),
+}
+
+#: Per-channel ``(mean, std)`` of pixel values scaled to [0, 1].
+#: MNIST and CIFAR10: the standard values over their training sets (for
+#: CIFAR10 the true per-pixel std, not the often-copied 0.2023/0.1994/0.2010).
+#: digits: computed once over all 1,797 images after scaling 0..16 to 0..255.
+#: A pixel permutation leaves the statistics of MNIST unchanged.
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "digits": ((0.3053,), (0.3759,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "permuted_mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+_IMAGE_SHAPE: dict[str, tuple[int, int, int]] = {
+    "digits": (8, 8, 1),
+    "mnist": (28, 28, 1),
+    "permuted_mnist": (28, 28, 1),
+    "cifar10": (32, 32, 3),
+}
+_NUM_CLASSES = 10
+_TFDS_NAME = {"mnist": "mnist", "permuted_mnist": "mnist", "cifar10": "cifar10"}
+
+_IDX_TRAIN_IMAGES = "train-images-idx3-ubyte"
+_IDX_TRAIN_LABELS = "train-labels-idx1-ubyte"
+_IDX_TEST_IMAGES = "t10k-images-idx3-ubyte"
+_IDX_TEST_LABELS = "t10k-labels-idx1-ubyte"
+# Magic number: two zero bytes, element type 0x08 (unsigned byte), rank.
+_IDX_IMAGES_MAGIC = 0x00000803
+_IDX_LABELS_MAGIC = 0x00000801
+
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+# digits: fraction of each class held out for the test split, and its seed.
+_DIGITS_TEST_FRACTION = 0.2
+_DIGITS_SPLIT_SEED = 0
+
+
+class DatasetError(ValueError):
+    """A data file is malformed or inconsistent; the message names the file."""
+
+
+class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
+    """A data file or directory is missing; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class Dataset:
+    """A classification data set held on the host.
+
+    Attributes:
+      name: one of :data:`DATASETS`.
+      x_train: uint8 images ``[N_train, H, W, C]``.
+      y_train: int32 labels ``[N_train]`` in ``[0, num_classes)``.
+      x_test: uint8 images ``[N_test, H, W, C]``.
+      y_test: int32 labels ``[N_test]`` in ``[0, num_classes)``.
+      num_classes: number of classes of Y.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    def __post_init__(self):
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if x.dtype != np.uint8 or x.ndim != 4:
+                raise ValueError(f"`x_{split}` must be uint8 [N, H, W, C]; got {x.dtype} {x.shape}.")
+            if y.dtype != np.int32 or y.shape != x.shape[:1]:
+                raise ValueError(f"`y_{split}` must be int32 [{x.shape[0]}]; got {y.dtype} {y.shape}.")
+            if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+                raise ValueError(f"`y_{split}` must lie in [0, {self.num_classes}).")
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise ValueError(
+                f"`x_train` and `x_test` image shapes differ: {self.x_train.shape[1:]} vs {self.x_test.shape[1:]}."
+            )
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)`` of one image."""
+        return tuple(self.x_train.shape[1:])
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset(name={self.name!r}, x_train={self.x_train.shape}, x_test={self.x_test.shape}, "
+            f"num_classes={self.num_classes})"
+        )
+
+
+# --------------------------------------------------------------------------
+# Host-side loading.
+# --------------------------------------------------------------------------
+
+
+def load_dataset(
+    name: str,
+    *,
+    source: str | None = None,
+    path: str | Path | None = None,
+    split_at: int | None = None,
+    permutation_seed: int = 0,
+    data_dir: str | None = None,
+) -> Dataset:
+    """Loads a data set into a :class:`Dataset` of uint8 images and int32 labels.
+
+    ``permuted_mnist`` is MNIST (from any MNIST source) with one fixed
+    permutation of the 784 pixels, :func:`pixel_permutation` of
+    ``permutation_seed``, applied to train and test alike (Goodfellow et al.,
+    2013).
+
+    With ``split_at`` set, all examples the source holds (its train split if
+    present, then its test split) are concatenated in order and split at that
+    index: ``split_at=8000`` on the 10,000 MNIST ``t10k`` images trains on the
+    first 8,000 and tests on the last 2,000. For ``idx`` the train files may
+    then be absent.
+
+    Args:
+      name: one of :data:`DATASETS`.
+      source: one of :data:`SOURCES` valid for ``name``
+        (:data:`DATASET_SOURCES`); ``None`` picks the first of those.
+      path: directory of IDX files (``source="idx"``) or ``.npz`` file
+        (``source="npz"``); must be ``None`` for other sources.
+      split_at: optional index at which to re-split train + test, with
+        ``0 < split_at < total``.
+      permutation_seed: seed of the pixel permutation of ``permuted_mnist``;
+        ignored for other data sets.
+      data_dir: tensorflow-datasets data directory (``source="tfds"``);
+        ``None`` uses the tfds default.
+
+    Returns:
+      The :class:`Dataset`.
+
+    Raises:
+      ValueError: for an unknown ``name`` or ``source``, or bad arguments.
+      DatasetError: (a ``ValueError``) for a malformed or inconsistent file,
+        or :class:`DatasetFileNotFoundError` (also a ``FileNotFoundError``)
+        for a missing one; the message names the file.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"`name` must be one of {DATASETS}; got {name!r}.")
+    if source is None:
+        source = DATASET_SOURCES[name][0]
+    if source not in SOURCES:
+        raise ValueError(f"`source` must be one of {SOURCES}; got {source!r}.")
+    if source not in DATASET_SOURCES[name]:
+        raise ValueError(f"`source` for {name!r} must be one of {DATASET_SOURCES[name]}; got {source!r}.")
+    if source in ("idx", "npz") and path is None:
+        raise ValueError(f"`path` is required for source={source!r}.")
+    if source not in ("idx", "npz") and path is not None:
+        raise ValueError(f"`path` is only used by sources 'idx' and 'npz'; got path={path!r} with source={source!r}.")
+    if data_dir is not None and source != "tfds":
+        raise ValueError(f"`data_dir` is only used by source 'tfds'; got source={source!r}.")
+    if split_at is not None and (not isinstance(split_at, int) or isinstance(split_at, bool) or split_at <= 0):
+        raise ValueError(f"`split_at` must be None or a positive int; got {split_at!r}.")
+    if not isinstance(permutation_seed, int) or isinstance(permutation_seed, bool):
+        raise ValueError(f"`permutation_seed` must be an int; got {permutation_seed!r}.")
+
+    if source == "embedded":
+        splits = _load_digits()
+    elif source == "tfds":
+        splits = _load_tfds(_TFDS_NAME[name], name, data_dir)
+    elif source == "idx":
+        splits = _load_idx(Path(path), optional_train=split_at is not None)
+    else:
+        splits = _load_npz(Path(path), name)
+    x_train, y_train, x_test, y_test = splits
+
+    if split_at is not None:
+        x_all = np.concatenate([x_train, x_test])
+        y_all = np.concatenate([y_train, y_test])
+        if split_at >= len(x_all):
+            raise ValueError(f"`split_at` must be below the {len(x_all)} examples of {name!r}; got {split_at}.")
+        x_train, x_test = x_all[:split_at], x_all[split_at:]
+        y_train, y_test = y_all[:split_at], y_all[split_at:]
+
+    if name == "permuted_mnist":
+        permutation = pixel_permutation(permutation_seed, math.prod(_IMAGE_SHAPE[name]))
+        x_train, x_test = (x.reshape(len(x), -1)[:, permutation].reshape(x.shape) for x in (x_train, x_test))
+
+    return Dataset(name, x_train, y_train, x_test, y_test, _NUM_CLASSES)
+
+
+def pixel_permutation(seed: int, num_pixels: int = 784) -> np.ndarray:
+    """The fixed pixel permutation of Permutation-MNIST for ``seed``.
+
+    Args:
+      seed: permutation seed.
+      num_pixels: number of pixels H·W·C of one image.
+
+    Returns:
+      int64 ``[num_pixels]``, a permutation of ``0..num_pixels-1``; flattened
+      image ``x`` becomes ``x[permutation]``.
+    """
+    return np.random.default_rng(seed).permutation(num_pixels)
+
+
+Splits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _checked(images, labels, name: str, images_origin: str, labels_origin: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validates one split against ``name``'s image shape and class count."""
+    shape = _IMAGE_SHAPE[name]
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim == 3 and shape[-1] == 1:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[1:] != shape:
+        raise DatasetError(f"{images_origin}: images must have shape [N, {', '.join(map(str, shape))}] "
+                           f"for {name!r}; got {images.shape}.")
+    if not np.issubdtype(images.dtype, np.integer):
+        raise DatasetError(f"{images_origin}: images must hold integers 0..255; got dtype {images.dtype}.")
+    if images.size and (images.min() < 0 or images.max() > 255):
+        raise DatasetError(f"{images_origin}: pixel values must lie in 0..255; "
+                           f"got range [{images.min()}, {images.max()}].")
+    if labels.ndim == 2 and labels.shape[1] == 1:  # Keras-style [N, 1] labels.
+        labels = labels[:, 0]
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DatasetError(f"{labels_origin}: labels must be integers of shape [N]; got {labels.dtype} {labels.shape}.")
+    if len(images) != len(labels):
+        raise DatasetError(
+            f"{images_origin} holds {len(images)} images but {labels_origin} holds {len(labels)} labels."
+        )
+    bad = np.flatnonzero((labels < 0) | (labels >= _NUM_CLASSES))
+    if bad.size:
+        raise DatasetError(f"{labels_origin}: labels must lie in [0, {_NUM_CLASSES - 1}]; "
+                           f"found {labels[bad[0]]} at index {bad[0]} ({bad.size} out of range).")
+    return images.astype(np.uint8, copy=False), labels.astype(np.int32)
+
+
+def _load_digits() -> Splits:
+    """The 8×8 digits of scikit-learn, split 80/20 per class with a fixed seed."""
+    # Imported here: scikit-learn is slow to import and only this source needs it.
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Values 0..16 -> 0..255, rounded (x·255/16 is never exactly k + ½ except at x = 8).
+    images = ((digits.images.astype(np.int64) * 255 + 8) // 16).astype(np.uint8)[..., None]
+    labels = digits.target.astype(np.int32)
+    rng = np.random.default_rng(_DIGITS_SPLIT_SEED)
+    test = np.zeros(len(labels), bool)
+    for c in range(_NUM_CLASSES):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        test[members[: round(_DIGITS_TEST_FRACTION * len(members))]] = True
+    return images[~test], labels[~test], images[test], labels[test]
+
+
+def _load_tfds(tfds_name: str, name: str, data_dir: str | None) -> Splits:
+    """Reads train and test through ``tfds.data_source`` into NumPy arrays."""
+    # Imported here: tensorflow-datasets is only needed by this source.
+    import tensorflow_datasets as tfds
+
+    sources = tfds.data_source(tfds_name, split=["train", "test"], data_dir=data_dir)
+    arrays = []
+    for split, source in zip(("train", "test"), sources):
+        examples = [source[i] for i in range(len(source))]
+        origin = f"tfds {tfds_name!r} split {split!r}"
+        images = np.stack([ex["image"] for ex in examples])
+        labels = np.asarray([ex["label"] for ex in examples], np.int64)
+        arrays.extend(_checked(images, labels, name, origin, origin))
+    return tuple(arrays)
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    """``directory/stem`` or ``directory/stem.gz``, the uncompressed one first."""
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """Reads one IDX file of unsigned bytes (LeCun et al., MNIST format)."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DatasetError(f"{path}: cannot read IDX file ({e}).") from e
+    if len(raw) < 4:
+        raise DatasetError(f"{path}: truncated IDX file ({len(raw)} bytes, no header).")
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        raise DatasetError(f"{path}: bad IDX magic number 0x{found:08x}; expected 0x{magic:08x}.")
+    rank = magic & 0xFF
+    header = 4 + 4 * rank
+    if len(raw) < header:
+        raise DatasetError(f"{path}: truncated IDX header ({len(raw)} of {header} bytes).")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
+    expected = math.prod(dims)
+    if len(raw) - header != expected:
+        raise DatasetError(
+            f"{path}: header declares shape {dims} ({expected} bytes of data) "
+            f"but the file holds {len(raw) - header} bytes of data (truncated or trailing bytes)."
+        )
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def _load_idx(directory: Path, optional_train: bool) -> Splits:
+    """Reads MNIST's four IDX files; the train pair may be absent if ``optional_train``."""
+    if not directory.is_dir():
+        raise DatasetFileNotFoundError(f"{directory}: IDX directory not found.")
+    stems = (_IDX_TRAIN_IMAGES, _IDX_TRAIN_LABELS, _IDX_TEST_IMAGES, _IDX_TEST_LABELS)
+    found = {stem: _find_idx(directory, stem) for stem in stems}
+    missing = [stem for stem in stems if found[stem] is None]
+    train_absent = missing[:2] == [_IDX_TRAIN_IMAGES, _IDX_TRAIN_LABELS]
+    if optional_train and train_absent:
+        # With split_at, a directory holding only the test files is complete.
+        missing = missing[2:]
+    if missing:
+        hint = "" if optional_train else " (or set split_at to re-split the test files alone)"
+        raise DatasetFileNotFoundError(
+            f"{directory / missing[0]}[.gz]: IDX file not found{hint}; missing: {', '.join(missing)}."
+        )
+    splits = []
+    pairs = [(_IDX_TEST_IMAGES, _IDX_TEST_LABELS)]
+    if not train_absent:
+        pairs.insert(0, (_IDX_TRAIN_IMAGES, _IDX_TRAIN_LABELS))
+    for images_stem, labels_stem in pairs:
+        images_path, labels_path = found[images_stem], found[labels_stem]
+        images = _read_idx(images_path, _IDX_IMAGES_MAGIC)
+        labels = _read_idx(labels_path, _IDX_LABELS_MAGIC)
+        splits.extend(_checked(images, labels, "mnist", str(images_path), str(labels_path)))
+    if train_absent:
+        empty_images = np.zeros((0, *_IMAGE_SHAPE["mnist"]), np.uint8)
+        splits = [empty_images, np.zeros(0, np.int32), *splits]
+    return tuple(splits)
+
+
+def _load_npz(path: Path, name: str) -> Splits:
+    """Reads ``x_train, y_train, x_test, y_test`` from one ``.npz`` file."""
+    if not path.is_file():
+        raise DatasetFileNotFoundError(f"{path}: npz file not found.")
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"{path}: not an .npz (zip) archive.")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as e:
+        raise DatasetError(f"{path}: cannot read npz file ({e}).") from e
+    if not set(_NPZ_KEYS) <= set(arrays):
+        raise DatasetError(f"{path}: npz must hold keys {_NPZ_KEYS}; found {tuple(sorted(arrays))}.")
+    splits = []
+    for split in ("train", "test"):
+        splits.extend(
+            _checked(arrays[f"x_{split}"], arrays[f"y_{split}"], name, f"{path} (x_{split})", f"{path} (y_{split})")
+        )
+    return tuple(splits)
+
+
+# --------------------------------------------------------------------------
+# On-device input pipeline: pure functions of arrays with static Python
+# options, called inside the compiled train and eval steps.
+# --------------------------------------------------------------------------
+
+
+def normalize(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+    """Scales uint8 pixels to [0, 1] and standardises each channel.
+
+    ``out[..., c] = (images[..., c] / 255 - mean[c]) / std[c]``
+
+    Args:
+      images: ``[..., C]`` pixels 0..255, uint8 or any real dtype.
+      mean: ``C`` Python floats, per-channel mean of the [0, 1] pixels.
+      std: ``C`` Python floats, per-channel standard deviation.
+
+    Returns:
+      float32 ``[..., C]``.
+    """
+    if len(mean) != images.shape[-1] or len(std) != images.shape[-1]:
+        raise ValueError(
+            f"`mean` and `std` need one value per channel ({images.shape[-1]}); got {len(mean)} and {len(std)}."
+        )
+    mean = jnp.asarray(mean, jnp.float32)
+    std = jnp.asarray(std, jnp.float32)
+    return (jnp.asarray(images, jnp.float32) / 255.0 - mean) / std
+
+
+def preprocess(images: jax.Array, dataset_name: str) -> jax.Array:
+    """:func:`normalize` with the :data:`NORMALIZATION` constants of a data set.
+
+    Args:
+      images: ``[..., C]`` pixels 0..255.
+      dataset_name: one of :data:`DATASETS` (static).
+
+    Returns:
+      float32 ``[..., C]``.
+    """
+    if dataset_name not in NORMALIZATION:
+        raise ValueError(f"`dataset_name` must be one of {DATASETS}; got {dataset_name!r}.")
+    mean, std = NORMALIZATION[dataset_name]
+    return normalize(images, mean, std)
+
+
+def _check_images(images: jax.Array) -> None:
+    if images.ndim != 4:
+        raise ValueError(f"`images` must be a batch [B, H, W, C]; got shape {images.shape}.")
+
+
+def _check_padding(padding: int) -> None:
+    if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
+        raise ValueError(f"`padding` must be a non-negative int; got {padding!r}.")
+
+
+def crop_and_flip(images: jax.Array, offsets: jax.Array, flips: jax.Array, padding: int = 4) -> jax.Array:
+    """Zero-pads, crops back to H×W at given offsets, and mirrors chosen examples.
+
+    ``out[b] = flip_b(pad(images[b])[dy_b : dy_b + H, dx_b : dx_b + W])`` where
+    ``pad`` adds ``padding`` zero pixels on every side and ``flip_b`` mirrors
+    left-right when ``flips[b]``. Offset ``(padding, padding)`` without flip
+    is the identity.
+
+    Args:
+      images: ``[B, H, W, C]``, any dtype.
+      offsets: integer ``[B, 2]`` of ``(dy, dx)`` in ``[0, 2·padding]``.
+      flips: bool ``[B]``.
+      padding: pixels of zero padding per side (static).
+
+    Returns:
+      ``[B, H, W, C]`` with the dtype of ``images``.
+    """
+    _check_images(images)
+    _check_padding(padding)
+    batch, height, width, channels = images.shape
+    if offsets.shape != (batch, 2) or flips.shape != (batch,):
+        raise ValueError(
+            f"`offsets` must be [{batch}, 2] and `flips` [{batch}]; got {offsets.shape} and {flips.shape}."
+        )
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+    def one(image, offset, flip):
+        crop = jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
+        return jnp.where(flip, crop[:, ::-1], crop)
+
+    return jax.vmap(one)(padded, offsets, flips)
+
+
+def random_crop_flip(rng: jax.Array, images: jax.Array, padding: int = 4) -> jax.Array:
+    """CIFAR augmentation: random crop with zero padding and random horizontal flip.
+
+    Each example gets an independent uniform offset in ``[0, 2·padding]²`` and
+    a flip with probability ½, as torchvision's ``RandomCrop(32, padding=4)``
+    followed by ``RandomHorizontalFlip()`` (He et al., 2016). See
+    :func:`crop_and_flip`.
+
+    Args:
+      rng: PRNG key.
+      images: ``[B, H, W, C]``, float or uint8.
+      padding: pixels of zero padding per side (static).
+
+    Returns:
+      ``[B, H, W, C]`` with the dtype of ``images``; deterministic for a fixed ``rng``.
+    """
+    _check_images(images)
+    _check_padding(padding)
+    key_offsets, key_flips = jax.random.split(rng)
+    batch = images.shape[0]
+    offsets = jax.random.randint(key_offsets, (batch, 2), 0, 2 * padding + 1)
+    flips = jax.random.bernoulli(key_flips, 0.5, (batch,))
+    return crop_and_flip(images, offsets, flips, padding)
+
+
+def _check_sizes(num_examples: int, batch_size: int) -> None:
+    for arg, value in (("num_examples", num_examples), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"`{arg}` must be a positive int; got {value!r}.")
+
+
+def epoch_batches(rng: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+    """Shuffled example indices for one training epoch, in full batches.
+
+    A random permutation of ``0..num_examples-1`` cut into
+    ``num_examples // batch_size`` batches; the last partial batch is dropped
+    so every step sees the same batch shape (its examples come back in later
+    epochs under other permutations).
+
+    Args:
+      rng: PRNG key.
+      num_examples: size of the training set (static).
+      batch_size: examples per batch (static), at most ``num_examples``.
+
+    Returns:
+      int32 ``[num_examples // batch_size, batch_size]``, no index repeated.
+    """
+    _check_sizes(num_examples, batch_size)
+    if batch_size > num_examples:
+        raise ValueError(f"`batch_size` ({batch_size}) exceeds `num_examples` ({num_examples}): no full batch.")
+    num_batches = num_examples // batch_size
+    permutation = jax.random.permutation(rng, num_examples).astype(jnp.int32)
+    return permutation[: num_batches * batch_size].reshape(num_batches, batch_size)
+
+
+def eval_batches(num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """Example indices in order for evaluation, with a mask for the padded tail.
+
+    ``ceil(num_examples / batch_size)`` batches cover ``0..num_examples-1``
+    once each; the last batch is padded with the index ``num_examples - 1``
+    and ``mask`` is ``False`` there, so masked means count every example
+    exactly once.
+
+    Args:
+      num_examples: size of the evaluated set (static).
+      batch_size: examples per batch (static).
+
+    Returns:
+      ``(indices, mask)``: int32 and bool ``[num_batches, batch_size]``.
+    """
+    _check_sizes(num_examples, batch_size)
+    num_batches = -(-num_examples // batch_size)
+    positions = jnp.arange(num_batches * batch_size, dtype=jnp.int32).reshape(num_batches, batch_size)
+    return jnp.minimum(positions, num_examples - 1), positions < num_examples

@@ -1,0 +1,620 @@
+"""k-nearest-neighbour estimators of entropy and mutual information (nats).
+
+The paper estimates H[Z], H[Z|Y] and I[X;Z] of continuous latents with the
+estimators of Kraskov et al. (2004) (section 7.3, figure 5). This module holds
+exact-neighbour, blocked implementations of
+
+* :func:`knn_entropy` -- Kozachenko–Leonenko differential entropy H[X];
+* :func:`knn_conditional_entropy` -- Σ_y p(y) H[X|Y=y], one estimate a class;
+* :func:`ksg_mutual_information` -- Kraskov–Stögbauer–Grassberger I[X;Y].
+
+How the neighbours are found
+----------------------------
+Query rows are processed ``block_size`` at a time with ``jax.lax.map`` inside
+one ``jax.jit``, so memory is O(block_size × N) and never N × N; the blocks are
+split over the given devices with ``jax.shard_map`` (data replicated). N is
+padded to a multiple of ``block_size × devices``; padded rows and columns are
+masked. The neighbours are exact:
+
+1. Squared Euclidean distances are matrix-multiply shaped,
+   ‖q‖² + ‖x‖² − 2 q·x, in float32 on centred data. Each is shifted down by a
+   rigorous bound on its float32 rounding error, (2d + 16) u (‖q‖² + ‖x‖²)
+   with u = 2⁻²⁴, so it is a *lower bound* of the true squared distance.
+2. Columns are cut into groups of 16; the ``k + 2`` groups with the smallest
+   lower bound are the candidates, and the candidates' distances are
+   recomputed directly, Σ_c (q_c − x_c)², which is accurate to float32
+   rounding whatever the scale of the data.
+3. The k-th smallest recomputed distance is certified exact when no point
+   outside the candidates can be nearer, i.e. when the smallest lower bound
+   outside the candidates is not below it. A block with an uncertified query
+   (near-duplicate points, tiny distances in low dimension) is recomputed
+   directly for all its pairs instead (``jax.lax.cond``), so the answer never
+   depends on matmul rounding.
+
+The k-th of a row's values is taken from the k groups with the smallest
+minimum: they contain the row's k smallest values, so ``jax.lax.top_k`` runs
+over N/16 group minima rather than N values.
+
+Duplicates
+----------
+A point whose k-th neighbour is at distance 0 (a duplicated point, e.g. a
+noise-free ReLU latent) makes log ε = −∞. The estimators then raise a
+``ValueError`` that counts such points, rather than returning −∞ or NaN. The
+fix is to add zero-entropy noise to the latent
+(:func:`ibjax.losses.add_zero_entropy_noise`, which keeps H[Z] meaningful) or
+to opt in to ``jitter``: Gaussian noise of standard deviation
+``jitter × RMS(x − mean x)`` drawn from ``rng``. Kraskov et al. (2004) advise
+relative amplitudes near 1e-10, but the distances here are float32, where
+noise below about 1e-7 of a coordinate's magnitude is rounded away, so use
+``jitter`` of 1e-6 to 1e-5. Jitter lowers the estimate by roughly
+d · log(1/jitter) / N per duplicated point.
+
+References
+----------
+* L. F. Kozachenko and N. N. Leonenko, "Sample estimate of the entropy of a
+  random vector", Problems of Information Transmission 23(2):95–101, 1987.
+* A. Kraskov, H. Stögbauer and P. Grassberger, "Estimating mutual
+  information", Physical Review E 69(6):066138, 2004.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+from scipy import special
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "knn_entropy",
+    "knn_conditional_entropy",
+    "ksg_mutual_information",
+]
+
+#: Query rows per block when ``block_size=None`` (tuned on a 2-core CPU for
+#: N = 20,000, d = 100; smaller N uses smaller blocks).
+DEFAULT_BLOCK_SIZE: int = 512
+
+# Columns per group of the two-stage k-th-smallest selection.
+_GROUP = 16
+# Extra candidate groups beyond k, the slack that lets step 3 certify a query.
+_EXTRA_GROUPS = 2
+# Unit roundoff of float32.
+_U = 2.0**-24
+_AXIS = "queries"
+
+
+# --------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def _check_block_size(block_size) -> int | None:
+    if block_size is None:
+        return None
+    if (
+        isinstance(block_size, bool)
+        or not isinstance(block_size, numbers.Integral)
+        or block_size < 1
+    ):
+        raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
+    return int(block_size)
+
+
+def _check_points(x, name: str, k: int) -> tuple[int, int]:
+    """Checks that ``x`` is a 2-D float array with more than k rows."""
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    if shape is None or dtype is None:
+        raise TypeError(f"{name} must be a 2-D float array [N, d], got {type(x).__name__}")
+    if len(shape) != 2:
+        raise ValueError(f"{name} must be 2-D [N, d], got shape {tuple(shape)}")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{name} must have a floating dtype, got {dtype}")
+    n, d = shape
+    if d < 1:
+        raise ValueError(f"{name} must have at least one column, got shape {tuple(shape)}")
+    if n <= k:
+        raise ValueError(f"{name} needs more than k = {k} points, got N = {n}")
+    return n, d
+
+
+def _check_devices(devices) -> Mesh:
+    """A 1-D mesh over ``devices`` (default: every device of the default backend)."""
+    if devices is None:
+        devices = jax.devices()
+    if isinstance(devices, jax.Device):
+        devices = [devices]
+    devices = list(devices)
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise TypeError(f"devices must be a non-empty sequence of jax.Device or None, got {devices!r}")
+    return Mesh(np.array(devices), (_AXIS,))
+
+
+def _check_jitter(jitter, rng) -> float:
+    if isinstance(jitter, bool) or not isinstance(jitter, numbers.Real) or not jitter >= 0:
+        raise ValueError(f"jitter must be a float >= 0, got {jitter!r}")
+    if jitter > 0 and rng is None:
+        raise ValueError("rng (a jax.random key) is required when jitter > 0")
+    return float(jitter)
+
+
+# --------------------------------------------------------------------------
+# Preparation: centring, jitter, padding
+# --------------------------------------------------------------------------
+
+
+def _centred_float32(x) -> jax.Array:
+    """``x − mean(x)`` as float32; centred in the input's own precision first.
+
+    Entropies and mutual information are translation invariant, and centring
+    keeps ‖x‖² (and so the matmul rounding) as small as the spread allows.
+    """
+    if isinstance(x, np.ndarray):
+        x = x - x.mean(axis=0, dtype=np.float64 if x.dtype == np.float64 else np.float32)
+        return jnp.asarray(x, jnp.float32)
+    x = jnp.asarray(x, jnp.float32)
+    return x - jnp.mean(x, axis=0)
+
+
+def _add_jitter(x: jax.Array, jitter: float, rng) -> jax.Array:
+    if jitter == 0:
+        return x
+    scale = jnp.sqrt(jnp.mean(jnp.square(x)))
+    scale = jnp.where(scale > 0, scale, 1.0)
+    return x + jitter * scale * jax.random.normal(rng, x.shape, x.dtype)
+
+
+def _round_up(a: int, m: int) -> int:
+    return -(-a // m) * m
+
+
+def _layout(n: int, n_devices: int, block_size: int | None) -> tuple[int, int]:
+    """(rows a block, padded length): padded to whole blocks on every device and whole groups."""
+    if block_size is None:
+        block_size = min(DEFAULT_BLOCK_SIZE, _round_up(-(-n // n_devices), _GROUP))
+    padded = _round_up(n, math.lcm(block_size * n_devices, _GROUP))
+    return block_size, padded
+
+
+def _pad_rows(x: jax.Array, padded: int) -> jax.Array:
+    return jnp.pad(x, ((0, padded - x.shape[0]), (0, 0)))
+
+
+# --------------------------------------------------------------------------
+# Blocked exact k-th-neighbour search (pure, jitted)
+# --------------------------------------------------------------------------
+
+
+def _kth_smallest(values: jax.Array, k: int) -> jax.Array:
+    """k-th smallest entry of each row of ``values`` [B, P] (P a multiple of 16).
+
+    The k groups of 16 columns with the smallest minima contain the row's k
+    smallest values (any other group's minimum is at least the k-th smallest of
+    those k minima, which are k distinct entries), so ``top_k`` runs over the
+    [B, P/16] group minima and then over the k·16 candidates.
+    """
+    b, p = values.shape
+    grouped = values.reshape(b, p // _GROUP, _GROUP)
+    num = min(k, p // _GROUP)
+    _, groups = jax.lax.top_k(-jnp.min(grouped, axis=2), num)
+    candidates = jnp.take_along_axis(grouped, groups[:, :, None], axis=1).reshape(b, -1)
+    return -jax.lax.top_k(-candidates, k)[0][:, k - 1]
+
+
+def _is_neighbour(rows: jax.Array, cols: jax.Array, n: jax.Array) -> jax.Array:
+    """Valid (unpadded) columns other than the query itself, broadcast [rows, cols]."""
+    return (cols < n) & (rows != cols)
+
+
+def _direct_sq_distances(q: jax.Array, x: jax.Array) -> jax.Array:
+    """Σ_c (q_c − x_c)² for all pairs [B, P]; XLA fuses it into one O(B·P) reduce."""
+    return jnp.sum(jnp.square(q[:, None, :] - x[None, :, :]), axis=-1)
+
+
+def _kth_sq_distance_block(q, rows, x, xx, n, *, k: int) -> jax.Array:
+    """Exact squared distance from each query to its k-th nearest other point.
+
+    Args:
+      q: ``[B, d]`` query block. rows: ``[B]`` their indices in ``x``.
+      x: ``[P, d]`` all (padded) points. xx: ``[P]`` their squared norms.
+      n: number of valid rows of ``x``.
+
+    Returns:
+      ``[B]`` squared distances (exact to float32 rounding of the direct sum).
+    """
+    b, d = q.shape
+    p = x.shape[0]
+    num_groups = p // _GROUP
+    cols = jnp.arange(p)
+    neighbour = _is_neighbour(rows[:, None], cols[None, :], n)
+    # (1 - beta) (|q|^2 + |x|^2) - 2 q.x <= |q - x|^2: beta bounds the relative
+    # float32 error of the matmul form (dot products of length d, three adds).
+    beta = (2 * d + 16) * _U
+    lower = (1 - beta) * xx[None, :] - 2 * jnp.dot(q, x.T, precision=jax.lax.Precision.HIGHEST)
+    lower = jnp.where(neighbour, lower, jnp.inf)
+    num = min(k + _EXTRA_GROUPS, num_groups)
+    neg_min, groups = jax.lax.top_k(-jnp.min(lower.reshape(b, num_groups, _GROUP), axis=2), num)
+
+    idx = groups[:, :, None] * _GROUP + jnp.arange(_GROUP)  # [B, num, G]
+    cand = x.reshape(num_groups, _GROUP, d)[groups]  # [B, num, G, d]
+    exact = jnp.sum(jnp.square(cand - q[:, None, None, :]), axis=-1)
+    exact = jnp.where(_is_neighbour(rows[:, None, None], idx, n), exact, jnp.inf)
+    kth = -jax.lax.top_k(-exact.reshape(b, -1), k)[0][:, k - 1]
+    if num == num_groups:  # every column was a candidate
+        return kth
+
+    qq = jnp.sum(q * q, axis=1)
+    outside = -neg_min[:, -1] + (1 - beta) * qq  # lower bound for every non-candidate
+    certified = jnp.all((outside >= kth) | (rows >= n))
+
+    def direct():
+        dist = jnp.where(neighbour, _direct_sq_distances(q, x), jnp.inf)
+        return _kth_smallest(dist, k)
+
+    return jax.lax.cond(certified, lambda: kth, direct)
+
+
+def _map_blocks(fn, mesh: Mesh, block: int, x: jax.Array, *replicated):
+    """Applies ``fn(q, rows, x, *replicated)`` to every block of rows of ``x``.
+
+    The blocks are split evenly over ``mesh``; each device maps over its own
+    with ``lax.map``. Returns ``fn``'s outputs with a leading ``[P]`` axis.
+    """
+    p, d = x.shape
+    n_dev = mesh.devices.size
+    per_dev = p // (block * n_dev)
+    q = x.reshape(n_dev, per_dev, block, d)
+    rows = jnp.arange(p, dtype=jnp.int32).reshape(n_dev, per_dev, block)
+
+    def per_device(q, rows, x, *replicated):
+        out = jax.lax.map(lambda a: fn(a[0], a[1], x, *replicated), (q[0], rows[0]))
+        return jax.tree.map(lambda o: o[None], out)
+
+    out = jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(P(_AXIS), P(_AXIS), P()) + (P(),) * len(replicated),
+        out_specs=P(_AXIS),
+    )(q, rows, x, *replicated)
+    return jax.tree.map(lambda o: o.reshape(p, *o.shape[3:]), out)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "block", "mesh"))
+def _padded_knn_log_distances(x: jax.Array, n: jax.Array, *, k: int, block: int, mesh: Mesh):
+    """log ε_i for the first ``n`` rows of padded float32 ``x`` [P, d]; rest unspecified."""
+    xx = jnp.sum(x * x, axis=1)
+    fn = functools.partial(_kth_sq_distance_block, k=k)
+    sq = _map_blocks(fn, mesh, block, x, xx, n)
+    return 0.5 * jnp.log(sq)
+
+
+def _knn_log_distances(
+    x: jax.Array, k: int, block_size: int | None = None, mesh: Mesh | None = None
+) -> jax.Array:
+    """log of the Euclidean distance from each point to its k-th nearest other point.
+
+    A pure function of float32 ``x`` [N, d] (usable under ``jax.jit``): ``[N]``,
+    −∞ where that distance is 0. One compilation per (padded N, d, k, block).
+    """
+    mesh = _check_devices(None) if mesh is None else mesh
+    n = x.shape[0]
+    block, padded = _layout(n, mesh.devices.size, block_size)
+    out = _padded_knn_log_distances(
+        _pad_rows(x, padded), jnp.int32(n), k=k, block=block, mesh=mesh
+    )
+    return out[:n]
+
+
+def _max_norm(q: jax.Array, x: jax.Array) -> jax.Array:
+    return jnp.max(jnp.abs(q[:, None, :] - x[None, :, :]), axis=-1)
+
+
+def _ksg_block(q, rows, z, n, *, dim_x: int, k: int):
+    """ε_i (max-norm k-th neighbour distance in the joint space), n_x and n_y of a block."""
+    cols = jnp.arange(z.shape[0])
+    neighbour = _is_neighbour(rows[:, None], cols[None, :], n)
+    dist_x = _max_norm(q[:, :dim_x], z[:, :dim_x])
+    dist_y = _max_norm(q[:, dim_x:], z[:, dim_x:])
+    eps = _kth_smallest(jnp.where(neighbour, jnp.maximum(dist_x, dist_y), jnp.inf), k)
+    n_x = jnp.sum(neighbour & (dist_x < eps[:, None]), axis=1)
+    n_y = jnp.sum(neighbour & (dist_y < eps[:, None]), axis=1)
+    return eps, n_x, n_y
+
+
+@functools.partial(jax.jit, static_argnames=("dim_x", "k", "block", "mesh"))
+def _padded_ksg_counts(z: jax.Array, n: jax.Array, *, dim_x: int, k: int, block: int, mesh: Mesh):
+    fn = functools.partial(_ksg_block, dim_x=dim_x, k=k)
+    return _map_blocks(fn, mesh, block, z, n)
+
+
+# --------------------------------------------------------------------------
+# Host-side checks and the estimators
+# --------------------------------------------------------------------------
+
+
+def _check_no_duplicates(kth_is_zero: np.ndarray, k: int, what: str) -> None:
+    count = int(np.count_nonzero(kth_is_zero))
+    if count:
+        raise ValueError(
+            f"{count} of {kth_is_zero.size} points have a zero distance to their "
+            f"k-th nearest neighbour (k = {k}) in {what}: duplicated points make the "
+            "estimate -inf. Add zero-entropy noise to the latent "
+            "(ibjax.losses.add_zero_entropy_noise), or pass jitter=1e-6 and rng=key "
+            "to add low-amplitude Gaussian noise."
+        )
+
+
+def _log_unit_ball_volume(d: int) -> float:
+    """log V_d = (d/2) log π − log Γ(d/2 + 1), the Euclidean unit d-ball."""
+    return 0.5 * d * math.log(math.pi) - special.gammaln(0.5 * d + 1)
+
+
+def _kl_entropy(log_eps: np.ndarray, d: int, k: int) -> float:
+    n = log_eps.size
+    return float(
+        special.digamma(n)
+        - special.digamma(k)
+        + _log_unit_ball_volume(d)
+        + d * np.mean(log_eps, dtype=np.float64)
+    )
+
+
+def knn_entropy(
+    x: jax.Array,
+    k: int = 3,
+    *,
+    block_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    jitter: float = 0.0,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """Kozachenko–Leonenko k-nearest-neighbour estimate of differential entropy.
+
+    .. math::
+        \\hat H[X] = \\psi(N) - \\psi(k) + \\log V_d
+                     + \\frac{d}{N} \\sum_{i=1}^N \\log \\varepsilon_i,
+        \\qquad V_d = \\frac{\\pi^{d/2}}{\\Gamma(d/2 + 1)},
+
+    with ε_i the Euclidean distance from x_i to its k-th nearest other sample
+    and V_d the volume of the unit d-ball (Kraskov et al. 2004, eq. 20).
+
+    Method: exact neighbours by blocked, matmul-shaped distances in float32
+    (see the module docstring), O(block_size × N) memory, split over
+    ``devices``; one compilation per (N, d, k, block) shape. The average of
+    log ε_i and the constants are combined in float64 on the host.
+
+    Bias and variance: the estimator assumes the density is locally constant
+    within each ε_i ball. It is consistent, with O(1/√N) standard deviation and a
+    bias that vanishes as N → ∞ but grows with d for fixed N (the balls grow)
+    and is largest where the density changes fast (e.g. near the support's
+    boundary); a larger k lowers the variance and raises the bias. For a
+    Gaussian with d = 1–10 and N of a few thousand both are a few hundredths of
+    a nat per dimension or less.
+
+    Args:
+      x: ``[N, d]`` float samples, N > k.
+      k: neighbour order, ≥ 1.
+      block_size: query rows per block (memory O(block_size × N)); ``None`` for
+        :data:`DEFAULT_BLOCK_SIZE` (less for small N). Does not change the result.
+      devices: devices to split the query blocks over; ``None`` for all devices of
+        the default backend. Does not change the result.
+      jitter: if > 0, add Gaussian noise of standard deviation
+        ``jitter × RMS(x − mean x)`` before estimating (opt-in tie breaking; see
+        the module docstring). Requires ``rng``.
+      rng: ``jax.random`` key for ``jitter``.
+
+    Returns:
+      Scalar float32 entropy in nats.
+
+    Raises:
+      ValueError: if some point's k-th neighbour is at distance 0 (duplicates);
+        the message counts them and suggests zero-entropy noise or ``jitter``.
+
+    References:
+      Kozachenko & Leonenko, Problems of Information Transmission 23(2), 1987;
+      Kraskov, Stögbauer & Grassberger, Phys. Rev. E 69, 066138, 2004.
+
+    Example:
+      A standard normal in d = 2 has H = log(2πe) ≈ 2.838 nats.
+
+      >>> import jax
+      >>> x = jax.random.normal(jax.random.key(0), (4000, 2))
+      >>> round(float(knn_entropy(x, k=3)), 1)
+      2.8
+    """
+    k = _check_k(k)
+    n, d = _check_points(x, "x", k)
+    block_size = _check_block_size(block_size)
+    mesh = _check_devices(devices)
+    jitter = _check_jitter(jitter, rng)
+    x = _add_jitter(_centred_float32(x), jitter, rng)
+    log_eps = np.asarray(_knn_log_distances(x, k, block_size, mesh))
+    _check_no_duplicates(np.isneginf(log_eps), k, "x")
+    return jnp.asarray(_kl_entropy(log_eps, d, k), jnp.float32)
+
+
+def _check_labels(labels, n: int) -> np.ndarray:
+    shape = getattr(labels, "shape", None)
+    dtype = getattr(labels, "dtype", None)
+    if shape is None or dtype is None:
+        raise TypeError(f"labels must be a 1-D integer array [N], got {type(labels).__name__}")
+    if len(shape) != 1 or shape[0] != n:
+        raise ValueError(f"labels must be 1-D with one label per row of x (N = {n}), got shape {tuple(shape)}")
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"labels must have an integer dtype, got {dtype}")
+    return np.asarray(labels)
+
+
+def knn_conditional_entropy(
+    x: jax.Array,
+    labels: jax.Array,
+    k: int = 3,
+    *,
+    block_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    jitter: float = 0.0,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """Conditional differential entropy H[X|Y] of a continuous X given class labels Y.
+
+    .. math::
+        \\hat H[X|Y] = \\sum_y \\hat p(y)\\, \\hat H[X \\mid Y=y],
+        \\qquad \\hat p(y) = N_y / N,
+
+    where each \\hat H[X|Y=y] is :func:`knn_entropy` on the N_y points of class
+    y alone (neighbours are searched within the class).
+
+    Method: as :func:`knn_entropy`; every class is padded to the size of the
+    largest, so all classes share one compilation.
+
+    Bias and variance: those of :func:`knn_entropy` at N_y points per class,
+    so larger than for H[X] at the same N; the class frequencies are plug-in.
+
+    Args:
+      x: ``[N, d]`` float samples.
+      labels: ``[N]`` integer class of each sample. Every class present needs
+        more than k points.
+      k, block_size, devices, jitter, rng: as for :func:`knn_entropy`.
+
+    Returns:
+      Scalar float32 conditional entropy in nats.
+
+    Raises:
+      ValueError: if a class has at most k points (the message names it), or a
+        class has duplicated points (see :func:`knn_entropy`).
+
+    References:
+      Kozachenko & Leonenko 1987; Kraskov, Stögbauer & Grassberger 2004.
+
+    Example:
+      Two classes with standard normal X in d = 1 around different means:
+      H[X|Y] = ½ log(2πe) ≈ 1.419 nats.
+
+      >>> import jax, jax.numpy as jnp
+      >>> labels = jnp.arange(4000) % 2
+      >>> x = jax.random.normal(jax.random.key(0), (4000, 1)) + 5.0 * labels[:, None]
+      >>> round(float(knn_conditional_entropy(x, labels, k=3)), 1)
+      1.4
+    """
+    k = _check_k(k)
+    n, d = _check_points(x, "x", k)
+    labels = _check_labels(labels, n)
+    block_size = _check_block_size(block_size)
+    mesh = _check_devices(devices)
+    jitter = _check_jitter(jitter, rng)
+    classes, counts = np.unique(labels, return_counts=True)
+    for label, count in zip(classes, counts):
+        if count <= k:
+            raise ValueError(
+                f"class {label} of labels has {count} points; each class needs more than k = {k}"
+            )
+    x = _add_jitter(_centred_float32(x), jitter, rng)
+    block, padded = _layout(int(counts.max()), mesh.devices.size, block_size)
+    total = 0.0
+    for label, count in zip(classes, counts):
+        xc = _centred_float32(x[np.flatnonzero(labels == label)])
+        log_eps = np.asarray(
+            _padded_knn_log_distances(
+                _pad_rows(xc, padded), jnp.int32(count), k=k, block=block, mesh=mesh
+            )
+        )[:count]
+        _check_no_duplicates(np.isneginf(log_eps), k, f"class {label} of x")
+        total += count / n * _kl_entropy(log_eps, d, k)
+    return jnp.asarray(total, jnp.float32)
+
+
+def ksg_mutual_information(
+    x: jax.Array,
+    y: jax.Array,
+    k: int = 3,
+    *,
+    block_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    jitter: float = 0.0,
+    rng: jax.Array | None = None,
+) -> jax.Array:
+    """Kraskov–Stögbauer–Grassberger estimate of mutual information I[X;Y] (algorithm 1).
+
+    .. math::
+        \\hat I[X;Y] = \\psi(k) + \\psi(N)
+                       - \\frac1N \\sum_{i=1}^N \\big[\\psi(n_x(i) + 1) + \\psi(n_y(i) + 1)\\big]
+
+    Distances are max-norms: ‖x − x'‖_∞ in X, ‖y − y'‖_∞ in Y, and
+    max(‖x − x'‖_∞, ‖y − y'‖_∞) in the joint space. ε_i/2 is the joint
+    distance from z_i = (x_i, y_i) to its k-th nearest other point, and n_x(i)
+    (n_y(i)) counts the points j ≠ i with ‖x_i − x_j‖_∞ < ε_i/2 (strictly), as
+    in Kraskov et al. (2004), eq. 8.
+
+    Method: exact, blocked max-norm distances in float32 (O(block_size × N)
+    memory), split over ``devices``; the digamma average is taken in float64 on
+    the host.
+
+    Bias and variance: using the same ε_i in the joint and marginal spaces
+    makes the biases of the entropy terms largely cancel; the estimate is
+    close to 0 for independent X, Y (errors of order 1e-2 nats at N ~ 1000)
+    and is biased towards 0 for strongly dependent ones; larger k lowers the
+    variance and raises the bias (Kraskov et al. recommend k = 2–4). The
+    estimate can be slightly negative.
+
+    Args:
+      x: ``[N, d_x]`` float samples of X, N > k.
+      y: ``[N, d_y]`` float samples of Y (same N).
+      k, block_size, devices, jitter, rng: as for :func:`knn_entropy`
+        (``jitter`` is applied to x and y with independent noise).
+
+    Returns:
+      Scalar float32 mutual information in nats.
+
+    Raises:
+      ValueError: if some joint k-th-neighbour distance is 0 (duplicates).
+
+    References:
+      Kraskov, Stögbauer & Grassberger, Phys. Rev. E 69, 066138, 2004.
+
+    Example:
+      Correlated Gaussians with ρ = 0.9: I = −½ log(1 − ρ²) ≈ 0.830 nats.
+
+      >>> import jax, jax.numpy as jnp
+      >>> a, b = jax.random.normal(jax.random.key(0), (2, 4000, 1))
+      >>> round(float(ksg_mutual_information(a, 0.9 * a + jnp.sqrt(0.19) * b)), 1)
+      0.8
+    """
+    k = _check_k(k)
+    n, dim_x = _check_points(x, "x", k)
+    _check_points(y, "y", k)
+    if y.shape[0] != n:
+        raise ValueError(f"x and y must have the same number of rows, got {x.shape[0]} and {y.shape[0]}")
+    block_size = _check_block_size(block_size)
+    mesh = _check_devices(devices)
+    jitter = _check_jitter(jitter, rng)
+    x, y = _centred_float32(x), _centred_float32(y)
+    if jitter:
+        rng_x, rng_y = jax.random.split(rng)
+        x, y = _add_jitter(x, jitter, rng_x), _add_jitter(y, jitter, rng_y)
+    block, padded = _layout(n, mesh.devices.size, block_size)
+    z = _pad_rows(jnp.concatenate([x, y], axis=1), padded)
+    eps, n_x, n_y = _padded_ksg_counts(
+        z, jnp.int32(n), dim_x=dim_x, k=k, block=block, mesh=mesh
+    )
+    _check_no_duplicates(np.asarray(eps[:n]) == 0, k, "the joint space of (x, y)")
+    n_x, n_y = np.asarray(n_x[:n]), np.asarray(n_y[:n])
+    mi = (
+        special.digamma(k)
+        + special.digamma(n)
+        - np.mean(special.digamma(n_x + 1.0) + special.digamma(n_y + 1.0))
+    )
+    return jnp.asarray(mi, jnp.float32)

@@ -1,0 +1,481 @@
+"""Surrogate information-bottleneck objectives as pure functions of arrays.
+
+Kirsch, Lyle & Gal, "Unpacking Information Bottlenecks" (sections 5 and 6)
+show that the IB and DIB objectives reduce to
+
+    min  H[Y|Z]  +  regulariser on H[Z|Y]  (or I[X;Z|Y]),
+
+that the Decoder Cross-Entropy H_Θ[Y|Z] upper-bounds the Decoder Uncertainty
+H[Y|Z], and that E||Z||², log Var[Z] and log Var[Z|Y] are cheap surrogates for
+the regulariser once zero-entropy noise has been added to a continuous latent.
+
+Every function here is a pure function of arrays with static Python options,
+so it works unchanged under ``jax.jit``, ``jax.grad``, ``jax.vmap`` and
+``jax.pmap``. All values are in nats.
+
+Conventions
+-----------
+* ``logits``: ``[S, B, C]`` with S stochastic samples (dropout masks or noise
+  draws) on the leading axis, or ``[B, C]`` for S = 1.
+* ``labels``: integer class indices ``[B]``.
+* ``z``: latent ``[B, K]`` or ``[S, B, K]``; samples are folded into the batch.
+* ``where``: optional boolean ``[B]``; ``False`` marks padding, left out of
+  every statistic.
+* ``axis_name``: optional name of a mapped axis (``pmap``/``shard_map``). Batch
+  statistics (counts, sums, sums of squares) are ``psum``-ed over it first, so
+  the value on each shard equals the value on the global batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "ZERO_ENTROPY_STD",
+    "REGULARIZERS",
+    "CROSS_ENTROPIES",
+    "add_zero_entropy_noise",
+    "decoder_cross_entropy",
+    "prediction_cross_entropy",
+    "activation_l2",
+    "log_variance",
+    "conditional_log_variance",
+    "surrogate_loss",
+    "training_error_bound",
+]
+
+#: Standard deviation of zero-entropy Gaussian noise: N(0, 1/(2πe)) has
+#: differential entropy ½ log(2πe σ²) = 0 nats (section 6.1).
+ZERO_ENTROPY_STD: float = (2.0 * math.pi * math.e) ** -0.5
+
+#: Valid ``regularizer`` names for :func:`surrogate_loss` (Observation 8).
+REGULARIZERS: tuple[str, ...] = ("none", "l2", "log_var", "cond_log_var")
+
+#: Valid ``cross_entropy`` names for :func:`surrogate_loss`.
+CROSS_ENTROPIES: tuple[str, ...] = ("decoder", "prediction")
+
+_LOG_2PIE = math.log(2.0 * math.pi * math.e)
+
+
+# --------------------------------------------------------------------------
+# Input checks: they run on shapes and dtypes at trace time, never on values
+# of traced arrays, so they cost nothing inside a compiled step.
+# --------------------------------------------------------------------------
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_labels(labels: jax.Array, batch: int, num_classes: int | None, name="labels"):
+    labels = jnp.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"`{name}` must be a 1-D array [B] of class indices; got shape {labels.shape}.")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"`{name}` must hold integer class indices; got dtype {labels.dtype}.")
+    if labels.shape[0] != batch:
+        raise ValueError(
+            f"`{name}` has {labels.shape[0]} entries but the batch has {batch} examples."
+        )
+    if num_classes is not None and _is_concrete(labels) and labels.size:
+        values = np.asarray(labels)
+        if values.min() < 0 or values.max() >= num_classes:
+            raise ValueError(
+                f"`{name}` must lie in [0, {num_classes}); got values in "
+                f"[{values.min()}, {values.max()}]."
+            )
+    return labels
+
+
+def _check_where(where: jax.Array | None, batch: int) -> jax.Array:
+    if where is None:
+        return jnp.ones((batch,), dtype=bool)
+    where = jnp.asarray(where)
+    if where.shape != (batch,):
+        raise ValueError(f"`where` must have shape ({batch},) like the batch; got {where.shape}.")
+    if where.dtype != jnp.bool_:
+        raise TypeError(f"`where` must be a boolean mask; got dtype {where.dtype}.")
+    return where
+
+
+def _check_float(x: jax.Array, name: str) -> jax.Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"`{name}` must be a floating-point array; got dtype {x.dtype}.")
+    return x
+
+
+def _as_samples(logits: jax.Array) -> jax.Array:
+    logits = _check_float(logits, "logits")
+    if logits.ndim == 2:
+        return logits[None]
+    if logits.ndim == 3:
+        return logits
+    raise ValueError(f"`logits` must be [B, C] or [S, B, C]; got shape {logits.shape}.")
+
+
+def _latent_samples(z: jax.Array) -> jax.Array:
+    z = _check_float(z, "z")
+    if z.ndim == 2:
+        return z[None]
+    if z.ndim == 3:
+        return z
+    raise ValueError(f"`z` must be [B, K] or [S, B, K]; got shape {z.shape}.")
+
+
+def _psum(x, axis_name):
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _label_log_likelihoods(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """log softmax(logits_s)[label_b] as ``[S, B]``; NaN for out-of-range labels.
+
+    Out-of-range labels cannot be caught at trace time; a NaN makes them loud
+    instead of silently scoring the example against no class.
+    """
+    num_classes = logits.shape[-1]
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    safe = jnp.clip(labels, 0, num_classes - 1)
+    picked = jnp.take_along_axis(log_probs, safe[None, :, None], axis=-1)[..., 0]
+    valid = (labels >= 0) & (labels < num_classes)
+    return jnp.where(valid[None, :], picked, jnp.nan)
+
+
+# --------------------------------------------------------------------------
+# Zero-entropy noise (section 6.1)
+# --------------------------------------------------------------------------
+
+
+def add_zero_entropy_noise(rng: jax.Array, z: jax.Array) -> jax.Array:
+    """Adds zero-entropy Gaussian noise to a continuous latent.
+
+    .. math::
+        Z = \\hat Z + \\epsilon, \\quad \\epsilon \\sim \\mathcal N(0, 1/(2\\pi e))
+
+    Each noise dimension has differential entropy ½ log(2πe · 1/(2πe)) = 0, so
+    H[Z] ≥ H[ε] = 0 and the information quantities of a continuous latent are
+    non-negative (section 6.1, appendix A.5).
+
+    Args:
+      rng: a ``jax.random`` key.
+      z: latent of any shape, floating point.
+
+    Returns:
+      ``z + eps`` with the shape and dtype of ``z``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> z = add_zero_entropy_noise(jax.random.key(0), jnp.zeros((4, 3)))
+      >>> z.shape
+      (4, 3)
+    """
+    z = _check_float(z, "z")
+    return z + ZERO_ENTROPY_STD * jax.random.normal(rng, z.shape, z.dtype)
+
+
+# --------------------------------------------------------------------------
+# Cross-entropies (section 5)
+# --------------------------------------------------------------------------
+
+
+def decoder_cross_entropy(
+    logits: jax.Array, labels: jax.Array, where: jax.Array | None = None
+) -> jax.Array:
+    """Per-example Decoder Cross-Entropy H_Θ[Y|Z].
+
+    .. math::
+        H_\\Theta[Y|Z]_b = \\frac1S \\sum_{s=1}^S -\\log \\mathrm{softmax}(\\ell_{s,b})[y_b]
+
+    The average over S samples z_s ~ p_Θ(z|x_b) of the decoder's negative
+    log-likelihood. One sample is already an unbiased estimator (sections
+    5.2–5.3), which is why dropout training minimises the Decoder Uncertainty.
+
+    Args:
+      logits: ``[S, B, C]`` decoder logits for S stochastic samples, or ``[B, C]``.
+      labels: ``[B]`` integer labels in ``[0, C)``.
+      where: optional ``[B]`` boolean mask; masked examples return 0.
+
+    Returns:
+      ``[B]`` per-example values in nats (float32).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> float(decoder_cross_entropy(jnp.zeros((2, 4)), jnp.array([0, 3]))[0])  # log 4
+      1.386...
+    """
+    logits = _as_samples(logits)
+    labels = _check_labels(labels, logits.shape[1], logits.shape[2])
+    where = _check_where(where, logits.shape[1])
+    values = -jnp.mean(_label_log_likelihoods(logits, labels), axis=0)
+    return jnp.where(where, values, 0.0)
+
+
+def prediction_cross_entropy(
+    logits: jax.Array, labels: jax.Array, where: jax.Array | None = None
+) -> jax.Array:
+    """Per-example Prediction Cross-Entropy H_Θ[Y|X].
+
+    .. math::
+        H_\\Theta[Y|X]_b = -\\log \\frac1S \\sum_{s=1}^S \\mathrm{softmax}(\\ell_{s,b})[y_b]
+
+    The negative log-likelihood of the sample-averaged prediction
+    p_Θ(ŷ|x) ≈ (1/S) Σ_s p_Θ(ŷ|z_s), computed with ``logsumexp``. By Jensen's
+    inequality it is never larger than :func:`decoder_cross_entropy`, with
+    equality for S = 1 (Observation 2).
+
+    Args:
+      logits: ``[S, B, C]`` or ``[B, C]``.
+      labels: ``[B]`` integer labels in ``[0, C)``.
+      where: optional ``[B]`` boolean mask; masked examples return 0.
+
+    Returns:
+      ``[B]`` per-example values in nats (float32).
+    """
+    logits = _as_samples(logits)
+    labels = _check_labels(labels, logits.shape[1], logits.shape[2])
+    where = _check_where(where, logits.shape[1])
+    log_lik = _label_log_likelihoods(logits, labels)
+    num_samples = logits.shape[0]
+    values = math.log(num_samples) - jax.nn.logsumexp(log_lik, axis=0)
+    return jnp.where(where, values, 0.0)
+
+
+def training_error_bound(cross_entropy: jax.Array) -> jax.Array:
+    """Upper bound on the training error from a cross-entropy (Observation 3).
+
+    .. math::
+        p(\\hat Y \\text{ is wrong}) \\le 1 - e^{-H_\\Theta[Y|Z]}
+
+    Args:
+      cross_entropy: a (mean) Decoder or Prediction Cross-Entropy in nats.
+
+    Returns:
+      The bound, elementwise, in [0, 1].
+    """
+    cross_entropy = _check_float(cross_entropy, "cross_entropy")
+    return -jnp.expm1(-cross_entropy)
+
+
+# --------------------------------------------------------------------------
+# Surrogate regularisers (section 6.2)
+# --------------------------------------------------------------------------
+
+
+def _fold_samples(z: jax.Array, where: jax.Array | None):
+    """``[S, B, K]`` latent and ``[B]`` mask -> ``[S*B, K]`` and ``[S*B]`` weights."""
+    z = _latent_samples(z)
+    num_samples, batch, features = z.shape
+    weights = jnp.broadcast_to(_check_where(where, batch), (num_samples, batch))
+    return z.reshape(num_samples * batch, features).astype(jnp.float32), weights.reshape(-1)
+
+
+def _gaussian_entropy_bound(variance: jax.Array, eps: float) -> jax.Array:
+    """Σ_i ½ log(2πe (Var_i + eps)) over the last axis."""
+    return 0.5 * jnp.sum(_LOG_2PIE + jnp.log(variance + eps), axis=-1)
+
+
+def activation_l2(
+    z: jax.Array, where: jax.Array | None = None, axis_name: str | None = None
+) -> jax.Array:
+    """Activation L2 regulariser E||Z||² (section 6.2, appendix A.7).
+
+    .. math::
+        \\mathbb E\\,\\|Z\\|^2 = \\frac1N \\sum_{n} \\sum_i z_{n,i}^2
+
+    Bounding E||Z||² ≤ C' bounds H[Z|Y] ≤ H[Z] ≤ ½ K log(2πe C'/K); it is, up to
+    the Encoding Uncertainty, the regulariser of the Deep Variational IB.
+
+    Args:
+      z: ``[B, K]`` or ``[S, B, K]`` latent; samples count as examples.
+      where: optional ``[B]`` boolean mask of real examples.
+      axis_name: optional mapped axis to reduce over (global batch).
+
+    Returns:
+      Scalar mean squared norm (0 for an empty batch).
+    """
+    flat, weights = _fold_samples(z, where)
+    total = _psum(jnp.sum(weights * jnp.sum(flat**2, axis=-1)), axis_name)
+    count = _psum(jnp.sum(weights.astype(jnp.float32)), axis_name)
+    return total / jnp.maximum(count, 1.0)
+
+
+def log_variance(
+    z: jax.Array,
+    where: jax.Array | None = None,
+    axis_name: str | None = None,
+    eps: float = 1e-8,
+) -> jax.Array:
+    """Log-variance regulariser, the mean-field Gaussian bound on H[Z] (Observation 8).
+
+    .. math::
+        \\sum_i \\tfrac12 \\log\\big(2\\pi e\\,(\\widehat{\\mathrm{Var}}[Z_i] + \\epsilon)\\big)
+
+    with the unbiased (ddof = 1) sample variance over the batch and sample
+    axes. Computed in two passes (mean, then centred squares) so that a latent
+    with a large mean and a small spread keeps its precision.
+
+    Args:
+      z: ``[B, K]`` or ``[S, B, K]`` latent.
+      where: optional ``[B]`` boolean mask of real examples.
+      axis_name: optional mapped axis to reduce over (global batch).
+      eps: added to each variance so a collapsed dimension stays finite.
+
+    Returns:
+      Scalar in nats. With fewer than 2 points the variance is taken as 0.
+    """
+    flat, weights = _fold_samples(z, where)
+    w = weights.astype(jnp.float32)[:, None]
+    count = _psum(jnp.sum(w), axis_name)
+    mean = _psum(jnp.sum(w * flat, axis=0), axis_name) / jnp.maximum(count, 1.0)
+    centred = _psum(jnp.sum(w * (flat - mean) ** 2, axis=0), axis_name)
+    variance = centred / jnp.maximum(count - 1.0, 1.0)
+    return _gaussian_entropy_bound(variance, eps)
+
+
+def conditional_log_variance(
+    z: jax.Array,
+    labels: jax.Array,
+    num_classes: int,
+    where: jax.Array | None = None,
+    axis_name: str | None = None,
+    eps: float = 1e-8,
+) -> jax.Array:
+    """Conditional log-variance regulariser, the bound on H[Z|Y] (Observation 7).
+
+    .. math::
+        \\sum_y \\hat p(y) \\sum_i \\tfrac12 \\log\\big(2\\pi e\\,(\\widehat{\\mathrm{Var}}[Z_i|y] + \\epsilon)\\big)
+
+    p̂(y) is the batch frequency of class y and Var[Z_i|y] the unbiased
+    within-class sample variance. Classes with fewer than 2 points in the batch
+    have no variance; they are left out and p̂(y) is renormalised over the rest
+    (0 when no class qualifies). Per-class statistics come from one-hot matrix
+    products, so one compiled function serves every label mix.
+
+    Args:
+      z: ``[B, K]`` or ``[S, B, K]`` latent.
+      labels: ``[B]`` integer labels in ``[0, num_classes)``.
+      num_classes: number of classes (static).
+      where: optional ``[B]`` boolean mask of real examples.
+      axis_name: optional mapped axis to reduce over (global batch).
+      eps: added to each variance so a collapsed dimension stays finite.
+
+    Returns:
+      Scalar in nats.
+
+    Reference:
+      Kirsch, Lyle & Gal, "Unpacking Information Bottlenecks", section 6.2.
+    """
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"`num_classes` must be a positive Python int; got {num_classes!r}.")
+    flat, weights = _fold_samples(z, where)
+    num_samples = _latent_samples(z).shape[0]
+    labels = _check_labels(labels, flat.shape[0] // num_samples, num_classes)
+    labels = jnp.tile(labels, num_samples)
+    one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * weights[:, None]
+    counts = _psum(jnp.sum(one_hot, axis=0), axis_name)                       # [C]
+    sums = _psum(one_hot.T @ flat, axis_name)                                # [C, K]
+    means = sums / jnp.maximum(counts, 1.0)[:, None]
+    centred = flat - one_hot @ means                       # masked rows are ignored below
+    squares = _psum(one_hot.T @ centred**2, axis_name)                       # [C, K]
+    variances = squares / jnp.maximum(counts - 1.0, 1.0)[:, None]
+    usable = jnp.where(counts >= 2.0, counts, 0.0)
+    p_y = usable / jnp.maximum(jnp.sum(usable), 1.0)
+    return jnp.sum(p_y * _gaussian_entropy_bound(variances, eps))
+
+
+# --------------------------------------------------------------------------
+# The surrogate objectives (Observation 8)
+# --------------------------------------------------------------------------
+
+
+def _masked_mean(values, where, axis_name):
+    w = where.astype(jnp.float32)
+    total = _psum(jnp.sum(values * w), axis_name)
+    return total / jnp.maximum(_psum(jnp.sum(w), axis_name), 1.0)
+
+
+def surrogate_loss(
+    logits: jax.Array,
+    z: jax.Array,
+    labels: jax.Array,
+    *,
+    regularizer: str,
+    gamma: float | jax.Array,
+    num_classes: int,
+    cross_entropy: str = "decoder",
+    where: jax.Array | None = None,
+    axis_name: str | None = None,
+    eps: float = 1e-8,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """A surrogate IB objective: cross-entropy + γ · regulariser (Observation 8).
+
+    .. math::
+        \\min\\; H_\\Theta[Y|Z] + \\gamma\\, R(Z), \\qquad
+        R \\in \\{0,\\; \\mathbb E\\|Z\\|^2,\\; \\log\\mathrm{Var}[Z],\\; \\log\\mathrm{Var}[Z|Y]\\}
+
+    Args:
+      logits: ``[S, B, C]`` or ``[B, C]`` decoder logits.
+      z: ``[S, B, K]`` or ``[B, K]`` latent the logits were decoded from (with
+        its zero-entropy noise, if any).
+      labels: ``[B]`` integer labels.
+      regularizer: one of ``"none"``, ``"l2"``, ``"log_var"``, ``"cond_log_var"``.
+      gamma: regularisation strength γ ≥ 0; may be a traced scalar (e.g. under
+        ``vmap`` over a population of γ values).
+      num_classes: number of label classes (static).
+      cross_entropy: ``"decoder"`` (H_Θ[Y|Z], the mean of per-sample NLLs) or
+        ``"prediction"`` (H_Θ[Y|X], the NLL of the sample-mean prediction).
+      where: optional ``[B]`` boolean mask of real examples.
+      axis_name: optional mapped axis to reduce over (global batch).
+      eps: variance floor of the log-variance regularisers.
+
+    Returns:
+      ``(loss, metrics)``: the scalar objective, and a dict with the batch means
+      ``decoder_cross_entropy``, ``prediction_cross_entropy``, ``regularizer``,
+      ``training_error_bound`` and ``loss``.
+
+    Raises:
+      ValueError: for an unknown ``regularizer`` or ``cross_entropy``, or a
+        negative concrete ``gamma``.
+    """
+    if regularizer not in REGULARIZERS:
+        raise ValueError(f"`regularizer` must be one of {REGULARIZERS}; got {regularizer!r}.")
+    if cross_entropy not in CROSS_ENTROPIES:
+        raise ValueError(f"`cross_entropy` must be one of {CROSS_ENTROPIES}; got {cross_entropy!r}.")
+    if _is_concrete(gamma) and np.ndim(gamma) == 0 and not float(gamma) >= 0.0:
+        raise ValueError(f"`gamma` must be a non-negative number; got {gamma!r}.")
+    logits = _as_samples(logits)
+    z = _latent_samples(z)
+    if z.shape[:2] != logits.shape[:2]:
+        raise ValueError(
+            f"`z` {z.shape} and `logits` {logits.shape} must share their [S, B] leading axes."
+        )
+    if logits.shape[-1] != num_classes:
+        raise ValueError(
+            f"`logits` has {logits.shape[-1]} classes but `num_classes` is {num_classes}."
+        )
+    mask = _check_where(where, logits.shape[1])
+    dce = _masked_mean(decoder_cross_entropy(logits, labels, mask), mask, axis_name)
+    pce = _masked_mean(prediction_cross_entropy(logits, labels, mask), mask, axis_name)
+    if regularizer == "none":
+        reg = jnp.zeros((), jnp.float32)
+    elif regularizer == "l2":
+        reg = activation_l2(z, mask, axis_name)
+    elif regularizer == "log_var":
+        reg = log_variance(z, mask, axis_name, eps)
+    else:
+        reg = conditional_log_variance(z, labels, num_classes, mask, axis_name, eps)
+    ce = dce if cross_entropy == "decoder" else pce
+    loss = ce + gamma * reg
+    metrics = {
+        "loss": loss,
+        "decoder_cross_entropy": dce,
+        "prediction_cross_entropy": pce,
+        "regularizer": reg,
+        "training_error_bound": training_error_bound(ce),
+    }
+    return loss, metrics

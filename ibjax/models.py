@@ -1,0 +1,480 @@
+"""Encoders, decoders and the stochastic bottleneck model p_Θ(ŷ|x) = E_{p_Θ(z|x)} p_Θ(ŷ|z).
+
+The architectures are those of section 7 of Kirsch, Lyle & Gal, "Unpacking
+Information Bottlenecks":
+
+* ``MLPEncoder``    -- fully connected ReLU 784–1024–1024–K (Permutation-MNIST, 7.1).
+* ``DropoutCNN``    -- the PyTorch MNIST example network with K outputs (MNIST, 7.2).
+* ``ResNet18``      -- the standard CIFAR ResNet18 with K outputs (CIFAR10, 7.1 and 7.3).
+* ``LinearDecoder`` -- the K×10 linear unit (7.2, 7.3).
+* ``CategoricalDecoder`` -- the over-parameterised C–1024–1024–10 ReLU decoder (7.1).
+* ``IBModel``       -- encoder, latent Z (continuous with optional zero-entropy noise,
+  or categorical) and decoder; draws S stochastic samples of Z per input.
+
+Mixed precision: every module computes in ``dtype`` and keeps float32
+parameters; BatchNorm statistics are reduced in float32, and ``IBModel``
+returns its latents and logits in float32 because the losses are computed in
+float32.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ibjax.losses import add_zero_entropy_noise
+
+ENCODERS = ("mlp", "dropout_cnn", "resnet18")
+LATENTS = ("continuous", "categorical")
+DECODERS = ("linear", "categorical_mlp")
+DTYPES = ("float32", "bfloat16")
+
+# Encoders with Dropout are stochastic: p_Θ(z|x) is sampled through the Dropout mask.
+_STOCHASTIC_ENCODERS = frozenset({"dropout_cnn"})
+
+# PyTorch's BatchNorm2d defaults (running-average momentum 0.1, eps 1e-5).
+_BATCH_NORM = dict(momentum=0.9, epsilon=1e-5, param_dtype=jnp.float32)
+# He initialisation for ReLU convolutions, as in torchvision's ResNet.
+_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def count_params(params: Any) -> int:
+    """Number of scalar parameters in a pytree of arrays (or ``jax.ShapeDtypeStruct``).
+
+    Args:
+      params: a pytree whose leaves have a ``shape``, e.g. ``variables['params']``.
+
+    Returns:
+      ``Σ_leaves prod(leaf.shape)`` as a Python ``int``.
+    """
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def _check_rank(x: jax.Array, rank: int, module: str, layout: str) -> None:
+    if x.ndim != rank:
+        raise ValueError(
+            f"{module} expects `x` of rank {rank} ({layout}); got shape {x.shape}."
+        )
+
+
+class MLPEncoder(nn.Module):
+    """Fully connected ReLU encoder 784–1024–1024–K (section 7.1, Permutation-MNIST).
+
+    The input is flattened per example, so ``[B, 28, 28, 1]`` gives the paper's
+    784 inputs. Parameters: Σ_l (d_{l-1} d_l + d_l) over the layers
+    d = (D, *hidden, K).
+
+    Attributes:
+      features: K, the width of the output (latent dimensions or categories).
+      hidden: widths of the hidden ReLU layers.
+      dtype: computation dtype; parameters are float32.
+    """
+
+    features: int
+    hidden: Sequence[int] = (1024, 1024)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """Maps ``x`` ``[B, ...]`` to encoder outputs ``[B, features]``; ``train`` is unused."""
+        del train  # Deterministic: no Dropout, no BatchNorm.
+        if x.ndim < 2:
+            raise ValueError(
+                f"MLPEncoder expects `x` of rank >= 2 ([batch, ...]); got shape {x.shape}."
+            )
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
+        h = x.reshape(x.shape[0], -1).astype(self.dtype)
+        for i, width in enumerate(self.hidden):
+            h = nn.relu(dense(width, name=f"hidden_{i}")(h))
+        return dense(self.features, name="output")(h)
+
+
+class DropoutCNN(nn.Module):
+    """The PyTorch MNIST example CNN with K outputs (section 7.2).
+
+    conv 32 3×3 VALID, ReLU, conv 64 3×3 VALID, ReLU, 2×2 max-pool,
+    Dropout(0.25), flatten, dense 128, ReLU, Dropout(0.5), dense K.
+    With 28×28×1 inputs the flattened width is 12·12·64 = 9216 and the network
+    has 320 + 18,496 + 1,179,776 + (128K + K) parameters (1,199,882 for K = 10,
+    as in PyTorch). Flattening is in NHWC order, a fixed permutation of
+    PyTorch's NCHW order.
+
+    Attributes:
+      features: K, the width of the output (128 in section 7.2).
+      dtype: computation dtype; parameters are float32.
+    """
+
+    features: int = 128
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Maps images ``[B, H, W, C]`` to ``[B, features]``; Dropout is on iff ``train``.
+
+        In train mode the 'dropout' RNG stream is required.
+        """
+        _check_rank(x, 4, "DropoutCNN", "[batch, height, width, channels]")
+        conv = functools.partial(
+            nn.Conv, kernel_size=(3, 3), padding="VALID", dtype=self.dtype,
+            param_dtype=jnp.float32,
+        )
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
+        h = nn.relu(conv(32, name="conv1")(x.astype(self.dtype)))
+        h = nn.relu(conv(64, name="conv2")(h))
+        h = nn.max_pool(h, window_shape=(2, 2), strides=(2, 2))
+        h = nn.Dropout(0.25, deterministic=not train, name="dropout1")(h)
+        h = h.reshape(h.shape[0], -1)
+        h = nn.relu(dense(128, name="fc1")(h))
+        h = nn.Dropout(0.5, deterministic=not train, name="dropout2")(h)
+        return dense(self.features, name="fc2")(h)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (He et al., 2016): two 3×3 conv+BN, identity or projection shortcut.
+
+    out = ReLU(BN(conv3x3(ReLU(BN(conv3x3_s(x))))) + shortcut(x)), where the
+    shortcut is a 1×1 stride-s conv + BN whenever the stride or width changes.
+    Padding is 1 on each side, as in PyTorch (Flax's 'SAME' would pad
+    asymmetrically for stride 2).
+
+    Attributes:
+      features: output channels.
+      strides: stride of the first conv and of the projection shortcut.
+      dtype: computation dtype; parameters and BatchNorm statistics are float32.
+    """
+
+    features: int
+    strides: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Maps ``[B, H, W, C_in]`` to ``[B, ⌈H/s⌉, ⌈W/s⌉, features]``."""
+        conv = functools.partial(
+            nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+            kernel_init=_CONV_INIT,
+        )
+        norm = functools.partial(
+            nn.BatchNorm, use_running_average=not train, dtype=self.dtype, **_BATCH_NORM
+        )
+        s = (self.strides, self.strides)
+        y = conv(self.features, (3, 3), strides=s, padding=((1, 1), (1, 1)), name="conv1")(x)
+        y = nn.relu(norm(name="bn1")(y))
+        y = conv(self.features, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(y)
+        y = norm(name="bn2")(y)
+        shortcut = x
+        if self.strides != 1 or x.shape[-1] != self.features:
+            shortcut = conv(self.features, (1, 1), strides=s, padding="VALID", name="shortcut_conv")(x)
+            shortcut = norm(name="shortcut_bn")(shortcut)
+        return nn.relu(y + shortcut)
+
+
+class ResNet18(nn.Module):
+    """The standard CIFAR ResNet18 (He et al., 2016) with K outputs (sections 7.1, 7.3).
+
+    3×3 conv stem with 64 channels, stride 1 and no max-pool, then BasicBlocks
+    [2, 2, 2, 2] with widths 64–128–256–512 and strides 1, 2, 2, 2, global
+    average pooling and a dense layer of width K. 11,173,962 parameters for
+    K = 10, as the PyTorch model (BatchNorm running statistics are in the
+    'batch_stats' collection and not counted).
+
+    Attributes:
+      features: K, the width of the output.
+      dtype: computation dtype; parameters and BatchNorm statistics are float32.
+    """
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Maps images ``[B, H, W, C]`` to ``[B, features]``.
+
+        BatchNorm uses batch statistics and updates its running averages iff
+        ``train``; the caller then passes ``mutable=['batch_stats']`` to ``apply``.
+        """
+        _check_rank(x, 4, "ResNet18", "[batch, height, width, channels]")
+        h = nn.Conv(
+            64, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
+            param_dtype=jnp.float32, kernel_init=_CONV_INIT, name="stem_conv",
+        )(x.astype(self.dtype))
+        h = nn.BatchNorm(
+            use_running_average=not train, dtype=self.dtype, name="stem_bn", **_BATCH_NORM
+        )(h)
+        h = nn.relu(h)
+        for stage, (width, strides) in enumerate(zip((64, 128, 256, 512), (1, 2, 2, 2))):
+            for block in range(2):
+                h = BasicBlock(
+                    width, strides if block == 0 else 1, dtype=self.dtype,
+                    name=f"stage{stage + 1}_block{block + 1}",
+                )(h, train=train)
+        h = jnp.mean(h, axis=(1, 2))
+        return nn.Dense(self.features, dtype=self.dtype, param_dtype=jnp.float32, name="output")(h)
+
+
+class LinearDecoder(nn.Module):
+    """The K×num_classes linear unit decoder (sections 7.2, 7.3): logits = z W + b.
+
+    Attributes:
+      num_classes: number of classes of Ŷ.
+      dtype: computation dtype; parameters are float32.
+    """
+
+    num_classes: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        """Maps ``z`` ``[..., K]`` to unnormalised logits of p_Θ(ŷ|z) ``[..., num_classes]``."""
+        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="output")(z)
+
+
+class CategoricalDecoder(nn.Module):
+    """Over-parameterised decoder C–1024–1024–num_classes with ReLUs (section 7.1).
+
+    A C×num_classes matrix with a SoftMax would suffice to describe
+    p_Θ(ŷ|z) for a categorical Z, but the paper found that parameterising that
+    matrix with a separate DNN helps optimisation a lot. Evaluated once per
+    batch on the C one-hot codes (the rows of eye(C)), followed by a
+    log-softmax over classes, it gives the decoder matrix log p_Θ(ŷ|z)
+    ``[C, num_classes]``; see ``IBModel``.
+
+    Attributes:
+      num_classes: number of classes of Ŷ.
+      hidden: widths of the hidden ReLU layers.
+      dtype: computation dtype; parameters are float32.
+    """
+
+    num_classes: int
+    hidden: Sequence[int] = (1024, 1024)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        """Maps codes ``z`` ``[..., C]`` to unnormalised logits of p_Θ(ŷ|z) ``[..., num_classes]``."""
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
+        h = z.astype(self.dtype)
+        for i, width in enumerate(self.hidden):
+            h = nn.relu(dense(width, name=f"hidden_{i}")(h))
+        return dense(self.num_classes, name="output")(h)
+
+
+def prediction_log_probs(z_log_probs: jax.Array, decoder_log_probs: jax.Array) -> jax.Array:
+    """log p_Θ(ŷ|x) = log Σ_z p_Θ(z|x) p_Θ(ŷ|z) for a categorical latent Z (equation 1).
+
+    Computed with a logsumexp over z, so it is stable for very peaked encoders.
+
+    Args:
+      z_log_probs: log p_Θ(z|x), ``[..., C]`` (normalised over C).
+      decoder_log_probs: the decoder matrix log p_Θ(ŷ|z), ``[C, num_classes]``
+        (normalised over classes).
+
+    Returns:
+      log p_Θ(ŷ|x), ``[..., num_classes]``, normalised over classes.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> p = prediction_log_probs(jnp.log(jnp.array([0.25, 0.75])),
+      ...                          jnp.log(jnp.array([[1.0, 0.0], [0.5, 0.5]])))
+      >>> jnp.exp(p).round(3).tolist()
+      [0.625, 0.375]
+    """
+    if z_log_probs.shape[-1] != decoder_log_probs.shape[0]:
+        raise ValueError(
+            "`z_log_probs` [..., C] and `decoder_log_probs` [C, num_classes] must agree on C; "
+            f"got shapes {z_log_probs.shape} and {decoder_log_probs.shape}."
+        )
+    return jax.nn.logsumexp(z_log_probs[..., :, None] + decoder_log_probs, axis=-2)
+
+
+def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}; got {value!r}.")
+
+
+def _check_widths(name: str, value: Any, allow_empty: bool) -> None:
+    ok = isinstance(value, (tuple, list)) and (allow_empty or len(value) > 0)
+    if not ok or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in value):
+        raise ValueError(f"`{name}` must be a tuple of positive ints; got {value!r}.")
+
+
+def _dtype_name(dtype: Any) -> str:
+    try:
+        return jnp.dtype(dtype).name
+    except TypeError:
+        return repr(dtype)
+
+
+class IBModel(nn.Module):
+    """Stochastic encoder p_Θ(z|x), latent Z and decoder p_Θ(ŷ|z) (sections 5, 6.1, 7).
+
+    Continuous Z (``latent='continuous'``): the encoder's K outputs, plus
+    zero-entropy noise ε ~ N(0, 1/(2πe)) when ``noise`` (section 6.1), so that
+    H[Z] ≥ H[ε] = 0; the decoder maps each sample of Z to class logits.
+
+    Categorical Z (``latent='categorical'``): the encoder's C = ``latent_dim``
+    outputs give log p_Θ(z|x) by a log-softmax; the decoder is evaluated once
+    on eye(C) to give the decoder matrix log p_Θ(ŷ|z), and
+    log p_Θ(ŷ|x) = logsumexp_z [log p_Θ(z|x) + log p_Θ(ŷ|z)].
+
+    Sampling: ``num_samples`` = S samples of Z are stacked on a leading axis.
+    The Dropout encoder ('dropout_cnn') in train mode is run S times under
+    ``nn.vmap`` with shared parameters and one 'dropout' key per sample, so each
+    sample has its own Dropout masks. Deterministic encoders ('mlp',
+    'resnet18') and every encoder in eval mode are run once and broadcast to S
+    samples; in particular BatchNorm is never vmapped, so its 'batch_stats'
+    are computed from and updated with the batch exactly once per step. The
+    zero-entropy noise is drawn independently for each of the S×B×K entries
+    from the 'noise' stream, in train and eval mode alike (it is part of the
+    definition of Z), so ``noise=True`` needs a 'noise' RNG in ``apply``.
+
+    Parameters live in ``params['encoder']`` and ``params['decoder']`` whatever
+    the mode; ``noise`` and ``latent`` add no parameters.
+
+    Attributes:
+      encoder: 'mlp' (784–1024–1024–K), 'dropout_cnn' (PyTorch MNIST CNN) or
+        'resnet18' (CIFAR ResNet18).
+      latent_dim: K for a continuous latent, C (number of categories) for a
+        categorical one.
+      num_classes: number of classes of Y.
+      latent: 'continuous' or 'categorical'.
+      noise: add zero-entropy noise to a continuous Z (must be False for a
+        categorical Z).
+      decoder: 'linear' (latent_dim×num_classes linear unit) or
+        'categorical_mlp' (latent_dim–1024–1024–num_classes ReLU network of
+        section 7.1; on a continuous Z it is applied to the samples of Z).
+      dtype: computation dtype, 'float32' or 'bfloat16'; parameters stay float32.
+      encoder_hidden: hidden widths of the 'mlp' encoder.
+      decoder_hidden: hidden widths of the 'categorical_mlp' decoder.
+    """
+
+    encoder: str
+    latent_dim: int
+    num_classes: int
+    latent: str = "continuous"
+    noise: bool = False
+    decoder: str = "linear"
+    dtype: Any = "float32"
+    encoder_hidden: tuple[int, ...] = (1024, 1024)
+    decoder_hidden: tuple[int, ...] = (1024, 1024)
+
+    def __post_init__(self) -> None:
+        # Fail at construction, before any tracing or compilation.
+        _check_choice("encoder", self.encoder, ENCODERS)
+        _check_choice("latent", self.latent, LATENTS)
+        _check_choice("decoder", self.decoder, DECODERS)
+        _check_choice("dtype", _dtype_name(self.dtype), DTYPES)
+        for name in ("latent_dim", "num_classes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
+        if not isinstance(self.noise, bool):
+            raise TypeError(f"`noise` must be a bool; got {self.noise!r}.")
+        if self.noise and self.latent == "categorical":
+            raise ValueError(
+                "`noise=True` adds zero-entropy Gaussian noise to a continuous latent; "
+                "it is not defined for `latent='categorical'`."
+            )
+        _check_widths("encoder_hidden", self.encoder_hidden, allow_empty=True)
+        _check_widths("decoder_hidden", self.decoder_hidden, allow_empty=True)
+        super().__post_init__()
+
+    def _make_encoder(self, dtype: Any) -> nn.Module:
+        if self.encoder == "mlp":
+            return MLPEncoder(self.latent_dim, tuple(self.encoder_hidden), dtype=dtype, name="encoder")
+        if self.encoder == "dropout_cnn":
+            return DropoutCNN(self.latent_dim, dtype=dtype, name="encoder")
+        return ResNet18(self.latent_dim, dtype=dtype, name="encoder")
+
+    def _make_decoder(self, dtype: Any) -> nn.Module:
+        if self.decoder == "linear":
+            return LinearDecoder(self.num_classes, dtype=dtype, name="decoder")
+        return CategoricalDecoder(self.num_classes, tuple(self.decoder_hidden), dtype=dtype, name="decoder")
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool, num_samples: int) -> dict[str, jax.Array]:
+        """Draws S = ``num_samples`` samples of Z for a batch ``x`` ``[B, ...]``.
+
+        Args:
+          x: inputs, ``[B, 28, 28, 1]`` for MNIST or ``[B, 32, 32, 3]`` for CIFAR10.
+          train: Dropout on and BatchNorm in batch-statistics mode (pass
+            ``mutable=['batch_stats']`` for 'resnet18').
+          num_samples: S ≥ 1, a Python int.
+
+        Returns:
+          Continuous Z: ``z`` ``[S, B, K]`` (after the noise, if any) and
+          ``logits`` ``[S, B, num_classes]`` of p_Θ(ŷ|z), both float32.
+          Categorical Z: ``z_log_probs`` ``[S, B, C]`` = log p_Θ(z|x),
+          ``decoder_log_probs`` ``[C, num_classes]`` = log p_Θ(ŷ|z) and
+          ``logits`` ``[S, B, num_classes]`` = log p_Θ(ŷ|x), all float32.
+        """
+        if not isinstance(train, bool):
+            raise TypeError(f"`train` must be a Python bool; got {train!r}.")
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+            raise ValueError(f"`num_samples` must be a positive Python int; got {num_samples!r}.")
+        dtype = jnp.dtype(self.dtype)
+        encoder = self._make_encoder(dtype)
+        decoder = self._make_decoder(dtype)
+
+        if train and self.encoder in _STOCHASTIC_ENCODERS:
+            sample_encoder = nn.vmap(
+                lambda module, inputs: module(inputs, train=True),
+                variable_axes={"params": None},
+                split_rngs={"params": False, "dropout": True},
+                in_axes=None,
+                axis_size=num_samples,
+            )
+            outputs = sample_encoder(encoder, x).astype(jnp.float32)
+        else:
+            outputs = encoder(x, train=train).astype(jnp.float32)
+            outputs = jnp.broadcast_to(outputs, (num_samples, *outputs.shape))
+
+        if self.latent == "continuous":
+            z = outputs
+            if self.noise:
+                z = add_zero_entropy_noise(self.make_rng("noise"), z)
+            return {"z": z, "logits": decoder(z).astype(jnp.float32)}
+
+        z_log_probs = jax.nn.log_softmax(outputs, axis=-1)
+        codes = jnp.eye(self.latent_dim, dtype=dtype)
+        decoder_log_probs = jax.nn.log_softmax(decoder(codes).astype(jnp.float32), axis=-1)
+        return {
+            "z_log_probs": z_log_probs,
+            "decoder_log_probs": decoder_log_probs,
+            "logits": prediction_log_probs(z_log_probs, decoder_log_probs),
+        }
+
+
+def create_model(config: Any, num_classes: int) -> IBModel:
+    """Builds an ``IBModel`` from the ``model`` section of an experiment config.
+
+    Reads ``config.encoder``, ``config.latent_dim``, ``config.latent``,
+    ``config.noise``, ``config.decoder`` and, if present, ``config.dtype``
+    (default 'float32'), ``config.encoder_hidden`` and ``config.decoder_hidden``
+    (default (1024, 1024)). ``config.num_samples`` is an argument of the
+    forward pass, not of the model.
+
+    Args:
+      config: an ``ml_collections.ConfigDict`` (or any mapping with ``get``).
+      num_classes: number of classes of the data set.
+
+    Returns:
+      The (unbound) ``IBModel``; invalid fields raise ``ValueError`` here.
+    """
+    return IBModel(
+        encoder=config.get("encoder"),
+        latent_dim=config.get("latent_dim"),
+        num_classes=num_classes,
+        latent=config.get("latent", "continuous"),
+        noise=config.get("noise", False),
+        decoder=config.get("decoder", "linear"),
+        dtype=config.get("dtype", "float32"),
+        encoder_hidden=tuple(config.get("encoder_hidden", (1024, 1024))),
+        decoder_hidden=tuple(config.get("decoder_hidden", (1024, 1024))),
+    )

@@ -1,0 +1,48 @@
+r"""Draws the paper's figures from run workdirs; writes each as PNG and PDF.
+
+  python scripts/plot.py --workdir runs/sweep_l2 --workdir runs/sweep_log_var \
+      --figure information_plane --out figures/
+  python scripts/plot.py --entropy_cap_file runs/entropy_cap.jsonl --figure entropy_cap
+
+A ``--workdir`` holding ``metrics.jsonl`` is one run; any other directory is a
+sweep whose run subdirectories are found recursively. With ``--figure all``
+(the default) every figure the data supports is drawn.
+"""
+
+import pathlib
+
+from absl import app, flags
+
+from ibjax import plotting
+
+_WORKDIR = flags.DEFINE_multi_string("workdir", None, "Run or sweep directory; repeatable.")
+_FIGURE = flags.DEFINE_enum("figure", "all", ["all", *plotting.FIGURES], "Figure to draw.")
+_ENTROPY_CAP_FILE = flags.DEFINE_string(
+    "entropy_cap_file", None, "JSON-lines records of the entropy-cap experiment (Fig 4)."
+)
+_OUT = flags.DEFINE_string("out", None, "Output directory; default <first workdir>/figures or ./figures.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    workdirs = _WORKDIR.value or []
+    if not workdirs and not _ENTROPY_CAP_FILE.value:
+        raise app.UsageError("Give at least one --workdir or an --entropy_cap_file.")
+    runs = [plotting.load_run(d) for d in plotting.find_run_dirs(workdirs)]
+    entropy_cap_records = plotting.read_jsonl(_ENTROPY_CAP_FILE.value) if _ENTROPY_CAP_FILE.value else []
+
+    if _FIGURE.value == "all":
+        names = plotting.supported_figures(runs, entropy_cap_records)
+        if not names:
+            raise app.UsageError(f"The data supports none of the figures {', '.join(plotting.FIGURES)}.")
+    else:
+        names = [_FIGURE.value]
+    out = pathlib.Path(_OUT.value) if _OUT.value else pathlib.Path(workdirs[0] if workdirs else ".") / "figures"
+    for name, figure in plotting.make_figures(names, runs, entropy_cap_records).items():
+        png, pdf = plotting.save_figure(figure, out / name)
+        print(f"{name}: {png} {pdf}")
+
+
+if __name__ == "__main__":
+    app.run(main)
