@@ -19,7 +19,7 @@ from ibjax.data import DATASET_SOURCES, DATASETS
 from ibjax.losses import CROSS_ENTROPIES, REGULARIZERS
 from ibjax.models import DECODERS, DTYPES, ENCODERS, LATENTS
 
-__all__ = ["ConfigError", "LOSSES", "default_config", "validate", "to_dict", "to_json", "from_json", "differences"]
+__all__ = ["ConfigError", "LOSSES", "default_config", "from_file", "validate", "to_dict", "to_json", "from_json", "differences"]
 
 #: Valid ``objective.loss`` values.
 LOSSES: tuple[str, ...] = ("cross_entropy", "decoder_uncertainty")
@@ -199,3 +199,20 @@ def default_config():
     config.checkpoint.every_epochs = 1
     config.checkpoint.max_to_keep = 0            # 0 keeps all: the analysis reads every epoch
     return config
+
+
+def from_file(path) -> ml_collections.ConfigDict:
+    """Loads a config file (``configs/*.py``) by path and returns its ``get_config()``.
+
+    Lets one experiment config start from another without import-path tricks.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist.")
+    spec = importlib.util.spec_from_file_location(f"ibjax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

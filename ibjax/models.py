@@ -298,9 +298,11 @@ def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
         raise ValueError(f"`{name}` must be one of {list(choices)}; got {value!r}.")
 
 
-def _check_widths(name: str, value: Any, allow_empty: bool) -> None:
-    ok = isinstance(value, (tuple, list)) and (allow_empty or len(value) > 0)
-    if not ok or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in value):
+def _check_widths(name: str, value: Any) -> None:
+    # A tuple, not a list: Flax modules are hashed and compared as dataclasses.
+    if not isinstance(value, tuple) or not all(
+        isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in value
+    ):
         raise ValueError(f"`{name}` must be a tuple of positive ints; got {value!r}.")
 
 
@@ -381,8 +383,8 @@ class IBModel(nn.Module):
                 "`noise=True` adds zero-entropy Gaussian noise to a continuous latent; "
                 "it is not defined for `latent='categorical'`."
             )
-        _check_widths("encoder_hidden", self.encoder_hidden, allow_empty=True)
-        _check_widths("decoder_hidden", self.decoder_hidden, allow_empty=True)
+        _check_widths("encoder_hidden", self.encoder_hidden)
+        _check_widths("decoder_hidden", self.decoder_hidden)
         super().__post_init__()
 
     def _make_encoder(self, dtype: Any) -> nn.Module:

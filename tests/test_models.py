@@ -553,6 +553,7 @@ def test_create_model_from_config():
         (dict(latent="categorical", noise=True), ValueError, "noise"),
         (dict(encoder_hidden=(32, 0)), ValueError, "encoder_hidden"),
         (dict(decoder_hidden=64), ValueError, "decoder_hidden"),
+        (dict(decoder_hidden=[64]), ValueError, "decoder_hidden"),
     ],
 )
 def test_invalid_configuration_raises(kwargs, error, match):
@@ -567,14 +568,12 @@ def test_dtype_accepts_jnp_dtypes():
 
 def test_invalid_call_arguments_raise():
     model = M.IBModel("mlp", 4, 10, encoder_hidden=(8,))
-    x = images(MNIST)
-    variables = model.init(rngs(), x, train=False, num_samples=1)
     with pytest.raises(ValueError, match="num_samples"):
-        model.apply(variables, x, train=False, num_samples=0)
+        abstract_init(model, MNIST, num_samples=0)
     with pytest.raises(TypeError, match="train"):
-        model.apply(variables, x, train=1, num_samples=1)
+        abstract_init(model, MNIST, train=1)
     with pytest.raises(ValueError, match="rank 4"):
-        M.IBModel("dropout_cnn", 4, 10).init(rngs(), jnp.zeros((2, 28, 28)), train=False, num_samples=1)
+        abstract_init(M.IBModel("dropout_cnn", 4, 10), (2, 28, 28))
     with pytest.raises(ValueError, match="agree on C"):
         M.prediction_log_probs(jnp.zeros((2, 3)), jnp.zeros((4, 10)))
 
