@@ -282,7 +282,7 @@ def prediction_log_probs(z_log_probs: jax.Array, decoder_log_probs: jax.Array) -
       >>> import jax.numpy as jnp
       >>> p = prediction_log_probs(jnp.log(jnp.array([0.25, 0.75])),
       ...                          jnp.log(jnp.array([[1.0, 0.0], [0.5, 0.5]])))
-      >>> jnp.exp(p).round(3).tolist()
+      >>> [round(float(v), 3) for v in jnp.exp(p)]
       [0.625, 0.375]
     """
     if z_log_probs.shape[-1] != decoder_log_probs.shape[0]:
@@ -389,7 +389,7 @@ class IBModel(nn.Module):
 
     def _make_encoder(self, dtype: Any) -> nn.Module:
         if self.encoder == "mlp":
-            return MLPEncoder(self.latent_dim, tuple(self.encoder_hidden), dtype=dtype, name="encoder")
+            return MLPEncoder(self.latent_dim, self.encoder_hidden, dtype=dtype, name="encoder")
         if self.encoder == "dropout_cnn":
             return DropoutCNN(self.latent_dim, dtype=dtype, name="encoder")
         return ResNet18(self.latent_dim, dtype=dtype, name="encoder")
@@ -397,7 +397,7 @@ class IBModel(nn.Module):
     def _make_decoder(self, dtype: Any) -> nn.Module:
         if self.decoder == "linear":
             return LinearDecoder(self.num_classes, dtype=dtype, name="decoder")
-        return CategoricalDecoder(self.num_classes, tuple(self.decoder_hidden), dtype=dtype, name="decoder")
+        return CategoricalDecoder(self.num_classes, self.decoder_hidden, dtype=dtype, name="decoder")
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, num_samples: int) -> dict[str, jax.Array]:

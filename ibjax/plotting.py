@@ -38,6 +38,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ibjax.io import find_run_dirs, read_jsonl
+
 FIGURES = ("information_plane", "entropies", "cross_entropies", "entropy_cap")
 
 REGULARIZERS = ("none", "l2", "log_var", "cond_log_var", "vib")
@@ -89,40 +91,6 @@ class Run:
     information_plane: list[dict[str, Any]]
 
 
-def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
-    """Reads a JSON-lines file: one JSON object a line.
-
-    Blank lines (such as the trailing one a crashed writer leaves) are skipped.
-
-    Args:
-      path: the ``.jsonl`` file.
-
-    Returns:
-      The records in file order.
-
-    Raises:
-      FileNotFoundError: ``path`` does not exist.
-      ValueError: a line is not a JSON object; the message names the file and
-        the 1-based line number.
-    """
-    path = pathlib.Path(path)
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_number}: malformed JSON line ({e.msg}): {line.strip()[:80]!r}") from e
-            if not isinstance(record, dict):
-                raise ValueError(
-                    f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}: {line.strip()[:80]!r}"
-                )
-            records.append(record)
-    return records
-
-
 def load_run(workdir: str | pathlib.Path) -> Run:
     """Loads a run's config and logged records from its workdir.
 
@@ -155,36 +123,6 @@ def load_run(workdir: str | pathlib.Path) -> Run:
         metrics=read_jsonl(workdir / "metrics.jsonl"),
         information_plane=read_jsonl(information_plane_path) if information_plane_path.is_file() else [],
     )
-
-
-def find_run_dirs(paths: Iterable[str | pathlib.Path]) -> list[pathlib.Path]:
-    """Expands workdirs and sweep directories into run workdirs.
-
-    A directory holding ``metrics.jsonl`` is a run; any other directory is a
-    sweep, searched recursively for run directories.
-
-    Args:
-      paths: run or sweep directories.
-
-    Returns:
-      Run directories, each once, sweeps expanded in sorted order.
-
-    Raises:
-      FileNotFoundError: a path is not a directory.
-      ValueError: a sweep directory holds no run.
-    """
-    run_dirs: list[pathlib.Path] = []
-    for path in map(pathlib.Path, paths):
-        if not path.is_dir():
-            raise FileNotFoundError(f"workdir {path} is not a directory")
-        if (path / "metrics.jsonl").is_file():
-            found = [path]
-        else:
-            found = sorted({p.parent for p in path.rglob("metrics.jsonl")})
-            if not found:
-                raise ValueError(f"workdir {path} holds no metrics.jsonl and no run directory that does")
-        run_dirs.extend(d for d in found if d not in run_dirs)
-    return run_dirs
 
 
 def save_figure(fig: Figure, path_without_suffix: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:

@@ -41,6 +41,7 @@ from jax.sharding import PartitionSpec as P
 from ibjax import config as configlib
 from ibjax import data as datalib
 from ibjax import information, losses, models
+from ibjax.io import append_jsonl, atomic_write_text, read_jsonl, write_jsonl
 
 __all__ = [
     "TrainState",
@@ -241,22 +242,6 @@ def make_eval_step(model, config, num_classes: int, mesh: Mesh) -> Callable:
 # --------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _append_line(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _comparable(config_dict: dict, allow_num_epochs_change: bool) -> dict:
     out = json.loads(json.dumps(config_dict))
     ignored = _IGNORED_ON_RESUME + (("train.num_epochs",) if allow_num_epochs_change else ())
@@ -284,21 +269,7 @@ def _claim_workdir(workdir: Path, config, allow_num_epochs_change: bool) -> None
     elif (workdir / "checkpoints").exists():
         raise WorkdirError(f"{workdir} has checkpoints but no config.json; refusing to overwrite them.")
     workdir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(config_path, configlib.to_json(config))
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise WorkdirError(f"{path}:{number} is not a JSON line; the metrics file is damaged.") from None
-    return records
+    atomic_write_text(config_path, configlib.to_json(config))
 
 
 def _checkpoint_manager(workdir: Path, config) -> ocp.CheckpointManager:
@@ -327,7 +298,7 @@ def _progress(total: int, epoch: int, enabled: bool):
     return tqdm(total=total, desc=f"epoch {epoch}", unit="step", leave=False, disable=not enabled, file=sys.stderr)
 
 
-def _load_data(config) -> datalib.Dataset:
+def load_data(config) -> datalib.Dataset:
     return datalib.load_dataset(
         config.data.name,
         source=config.data.source,
@@ -388,7 +359,7 @@ def train_and_evaluate(
     workdir = Path(workdir)
     _claim_workdir(workdir, config, allow_num_epochs_change)
 
-    dataset = _load_data(config)
+    dataset = load_data(config)
     num_classes = dataset.num_classes
     model = models.create_model(ml_collections.ConfigDict({**config.model.to_dict(), "dtype": config.dtype}), num_classes)
     batch_size = config.train.batch_size
@@ -417,8 +388,8 @@ def train_and_evaluate(
         print(f"Resuming {workdir} from the checkpoint of epoch {start_epoch}.", flush=True)
     metrics_path = workdir / "metrics.jsonl"
     # Drop records of epochs after the checkpoint so a resumed run logs each epoch once.
-    kept = [r for r in _read_metrics(metrics_path) if r.get("epoch", 0) <= start_epoch]
-    _atomic_write(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+    kept = [r for r in (read_jsonl(metrics_path) if metrics_path.exists() else []) if r.get("epoch", 0) <= start_epoch]
+    write_jsonl(metrics_path, kept)
 
     categorical = config.model.latent == "categorical"
     optimal_decoder = config.objective.loss == "decoder_uncertainty"
@@ -485,7 +456,7 @@ def train_and_evaluate(
         })
         if epoch == start_epoch + 1:
             record["compile_seconds"] = compile_seconds
-        _append_line(metrics_path, record)
+        append_jsonl(metrics_path, record)
         print(_summary_line(record), flush=True)
 
         if epoch % config.checkpoint.every_epochs == 0 or epoch == num_epochs or epoch == stop_after_epoch:

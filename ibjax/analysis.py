@@ -1,0 +1,221 @@
+"""Information-plane quantities of a trained run, read from its checkpoints.
+
+For the latent Z of the training set (eval mode, with the noise as
+configured) and the labels Y, the Mickey-Mouse I-diagram quantities of
+appendix A.1 (eqs. 13–18):
+
+    H[Z], H[Z|Y], I[Y;Z] = H[Z] − H[Z|Y], H[Z|X], I[X;Z] = H[Z] − H[Z|X],
+    H[Y], H[Y|Z] = H[Y] − I[Y;Z], I[X;Y|Z] = H[Y|Z] − H[Y|X]  (H[Y|X] = 0).
+
+Continuous Z: H[Z] and H[Z|Y] by the k-NN estimators of
+:mod:`ibjax.estimators`. H[Z|X] is exactly 0 for a deterministic encoder
+plus zero-entropy noise (Z|X=x is N(f(x), I/(2πe))); for a stochastic
+(dropout) encoder it is estimated from repeated draws per example; without
+noise and with a deterministic encoder it is −∞ and I[X;Z] is undefined
+(section 6.1), recorded as ``null``. Categorical Z: every quantity is exact
+(:mod:`ibjax.information`). The analysis never retrains: it reads the
+checkpoints that training left.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from ibjax import config as configlib
+from ibjax import data as datalib
+from ibjax import estimators, information, models, train
+from ibjax.io import append_jsonl, read_jsonl
+
+__all__ = ["continuous_quantities", "categorical_quantities", "make_latent_fn", "compute_latents", "analyze_run"]
+
+#: How H[Z|X] was obtained, written beside it in every record.
+H_Z_GIVEN_X_METHODS = {
+    "exact_zero": "exact: deterministic encoder + zero-entropy noise gives H[Z|X] = 0",
+    "estimated": "estimated: k-NN entropy over repeated dropout/noise draws per example",
+    "undefined": "undefined: deterministic latent without noise has H[Z|X] = -inf (section 6.1)",
+    "exact_categorical": "exact: mean entropy of p(z|x) for a categorical latent",
+}
+
+
+def _label_entropy(labels: np.ndarray, num_classes: int) -> float:
+    p = np.bincount(labels, minlength=num_classes) / len(labels)
+    p = p[p > 0]
+    return float(-np.sum(p * np.log(p)))
+
+
+def continuous_quantities(
+    z: jax.Array,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    h_z_given_x: float | None,
+    h_z_given_x_method: str,
+    k: int = 3,
+) -> dict[str, Any]:
+    """Information-plane quantities of a continuous latent sample (nats).
+
+    Args:
+      z: ``[N, K]`` latents of the training set.
+      labels: ``[N]`` integer labels.
+      num_classes: number of classes.
+      h_z_given_x: H[Z|X] (0 for a deterministic encoder with zero-entropy
+        noise), or None when undefined.
+      h_z_given_x_method: key of :data:`H_Z_GIVEN_X_METHODS`.
+      k: neighbours of the k-NN estimators.
+    """
+    h_z = float(estimators.knn_entropy(z, k=k))
+    h_z_given_y = float(estimators.knn_conditional_entropy(z, labels, k=k))
+    return _assemble(h_z, h_z_given_y, h_z_given_x, h_z_given_x_method, _label_entropy(labels, num_classes))
+
+
+def categorical_quantities(z_probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """Exact information-plane quantities of a categorical latent (nats).
+
+    Args:
+      z_probs: ``[N, C]`` encoder probabilities p_Θ(z|x) of the training set.
+      labels: ``[N]`` integer labels.
+      num_classes: number of classes.
+    """
+    joint = information.categorical_joint(jnp.asarray(z_probs), jnp.asarray(labels), num_classes)
+    h_z = float(information.entropy(jnp.sum(joint, axis=1)))
+    h_y = float(information.entropy(jnp.sum(joint, axis=0)))
+    h_z_given_y = float(information.entropy(joint)) - h_y
+    h_z_given_x = float(jnp.mean(jax.vmap(information.entropy)(jnp.asarray(z_probs))))
+    return _assemble(h_z, h_z_given_y, h_z_given_x, "exact_categorical", h_y)
+
+
+def _assemble(h_z, h_z_given_y, h_z_given_x, method, h_y) -> dict[str, Any]:
+    i_y_z = h_z - h_z_given_y
+    decoder_uncertainty = h_y - i_y_z
+    return {
+        "h_z": h_z,
+        "h_z_given_y": h_z_given_y,
+        "h_z_given_x": h_z_given_x,
+        "h_z_given_x_method": H_Z_GIVEN_X_METHODS[method],
+        "i_y_z": i_y_z,
+        "preserved_information": None if h_z_given_x is None else h_z - h_z_given_x,
+        "redundant_information": None if h_z_given_x is None else h_z_given_y - h_z_given_x,
+        "h_y": h_y,
+        "decoder_uncertainty": decoder_uncertainty,
+        # H[Y|X] = 0 for single labels, so the Residual Information is H[Y|Z].
+        "residual_information": decoder_uncertainty,
+    }
+
+
+def make_latent_fn(model, config, *, stochastic: bool = False):
+    """Jitted ``(state, images_uint8, key) -> latents``: Z ``[B, K]`` or p(z|x) ``[B, C]``.
+
+    Eval mode with the configured noise; ``stochastic`` turns the Dropout
+    encoder's masks on (train mode), to sample H[Z|X] of a stochastic encoder.
+    """
+    categorical = config.model.latent == "categorical"
+
+    @jax.jit
+    def latent_fn(state, batch, key):
+        x = datalib.preprocess(batch, config.data.name)
+        dropout_key, noise_key = jax.random.split(key)
+        variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+        out = model.apply(variables, x, train=stochastic, num_samples=1, rngs={"dropout": dropout_key, "noise": noise_key})
+        return jnp.exp(out["z_log_probs"][0]) if categorical else out["z"][0]
+
+    return latent_fn
+
+
+def compute_latents(latent_fn, state, images, *, num_draws: int = 1, rng=None, batch_size: int = 512) -> jax.Array:
+    """Latents of ``images`` for ``num_draws`` independent noise/dropout draws: ``[num_draws, N, ...]``."""
+    rng = jax.random.key(0) if rng is None else rng
+    draws = []
+    for d in range(num_draws):
+        chunks = [latent_fn(state, images[i:i + batch_size], jax.random.fold_in(jax.random.fold_in(rng, d), i))
+                  for i in range(0, images.shape[0], batch_size)]
+        draws.append(jnp.concatenate(chunks))
+    return jnp.stack(draws)
+
+
+def _h_z_given_x(config, stochastic_fn, state, images, k: int, num_examples: int = 64, num_draws: int = 200):
+    """H[Z|X] and how it was obtained, for a continuous latent."""
+    if config.model.encoder != "dropout_cnn":
+        return (0.0, "exact_zero") if config.model.noise else (None, "undefined")
+    subset = images[:num_examples]
+    draws = compute_latents(stochastic_fn, state, subset, num_draws=num_draws, rng=jax.random.key(1))
+    per_example = [float(estimators.knn_entropy(draws[:, i], k=k)) for i in range(subset.shape[0])]
+    return float(np.mean(per_example)), "estimated"
+
+
+def _read_done_epochs(path: Path) -> set[int]:
+    return {int(r["epoch"]) for r in read_jsonl(path)} if path.exists() else set()
+
+
+def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = True) -> list[dict]:
+    """Computes the information-plane quantities of every checkpoint of a run.
+
+    Appends one record per epoch to ``workdir/information_plane.jsonl``;
+    epochs already there are skipped, and so is a checkpoint still being
+    written (Orbax lists only finalised steps).
+
+    Args:
+      workdir: a run directory written by :func:`ibjax.train.train_and_evaluate`.
+      k: neighbours of the k-NN estimators.
+      max_examples: use only the first N training examples (0: all).
+      progress: show a progress bar over checkpoints.
+
+    Returns:
+      The records computed by this call.
+    """
+    from tqdm.auto import tqdm
+
+    workdir = Path(workdir)
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training run directory.")
+    config = configlib.from_json(config_path.read_text(), str(config_path))
+    dataset = train.load_data(config)
+    images, labels = dataset.x_train, dataset.y_train
+    if max_examples:
+        images, labels = images[:max_examples], labels[:max_examples]
+    model = models.create_model(ml_collections.ConfigDict({**config.model.to_dict(), "dtype": config.dtype}),
+                                dataset.num_classes)
+    tx = train.make_optimizer(config, steps_per_epoch=1)
+    like = train.create_train_state(jax.random.key(0), model, tx, dataset.image_shape)
+    metrics_path = workdir / "metrics.jsonl"
+    metrics = {m["epoch"]: m for m in (read_jsonl(metrics_path) if metrics_path.exists() else [])}
+
+    out_path = workdir / "information_plane.jsonl"
+    done = _read_done_epochs(out_path)
+    manager = ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(read_only=True),
+                                    item_names=("state", "meta"))
+    epochs = [e for e in manager.all_steps() if e not in done]
+    latent_fn = make_latent_fn(model, config)
+    stochastic_fn = make_latent_fn(model, config, stochastic=True)
+    records = []
+    for epoch in tqdm(sorted(epochs), desc=f"analyse {workdir.name}", unit="ckpt", disable=not progress):
+        state, _ = train.restore_state(manager, epoch, like)
+        latents = compute_latents(latent_fn, state, images)[0]
+        if config.model.latent == "categorical":
+            quantities = categorical_quantities(np.asarray(latents), labels, dataset.num_classes)
+        else:
+            h, method = _h_z_given_x(config, stochastic_fn, state, images, k)
+            quantities = continuous_quantities(latents, labels, dataset.num_classes, h_z_given_x=h,
+                                               h_z_given_x_method=method, k=k)
+        m = metrics.get(epoch, {})
+        record = {
+            "epoch": epoch,
+            "gamma": float(config.objective.gamma),
+            "regularizer": config.objective.regularizer,
+            **quantities,
+            "train_cross_entropy": m.get("train_decoder_cross_entropy", math.nan),
+            "train_accuracy": m.get("train_accuracy", math.nan),
+            "test_accuracy": m.get("test_accuracy", math.nan),
+        }
+        append_jsonl(out_path, record)
+        records.append(record)
+    manager.close()
+    return records
