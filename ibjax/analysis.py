@@ -177,6 +177,7 @@ def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = 
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training run directory.")
     config = configlib.from_json(config_path.read_text(), str(config_path))
+    configlib.validate(config)
     dataset = train.load_data(config)
     images, labels = dataset.x_train, dataset.y_train
     if max_examples:
@@ -203,7 +204,7 @@ def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = 
             quantities = categorical_quantities(np.asarray(latents), labels, dataset.num_classes)
         else:
             h, method = _h_z_given_x(config, stochastic_fn, state, images, k)
-            quantities = continuous_quantities(latents, labels, dataset.num_classes, h_z_given_x=h,
+            quantities = continuous_quantities(np.asarray(latents), labels, dataset.num_classes, h_z_given_x=h,
                                                h_z_given_x_method=method, k=k)
         m = metrics.get(epoch, {})
         record = {

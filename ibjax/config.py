@@ -59,6 +59,23 @@ def _nonneg_float(config, field: str, positive: bool = False) -> None:
         raise ConfigError(f"config.{field} must be {kind} finite number; got {value!r}.")
 
 
+def _check_known_fields(config) -> None:
+    """Every field must be one of the default config's: a typo is an error, not ignored."""
+    known = default_config().to_dict()
+    given = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+    def walk(given_node, known_node, prefix):
+        for key, value in given_node.items():
+            if key not in known_node:
+                raise ConfigError(f"config.{prefix}{key} is not a known field; known here: {sorted(known_node)}.")
+            if isinstance(known_node[key], dict):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"config.{prefix}{key} must be a section of fields; got {value!r}.")
+                walk(value, known_node[key], f"{prefix}{key}.")
+
+    walk(given, known, "")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     """Checks a training config; raises :class:`ConfigError` naming the bad field.
 
@@ -66,6 +83,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
       config: the experiment config.
       num_devices: devices the batch is sharded over; batch sizes must divide.
     """
+    _check_known_fields(config)
     _choice(config, "data.name", DATASETS)
     _choice(config, "data.source", DATASET_SOURCES[config.data.name])
     if config.data.source in ("idx", "npz") and not config.data.path:
@@ -113,6 +131,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             raise ConfigError(f"config.{field}={_get(config, field)} must be divisible by the "
                               f"{num_devices} devices the batch is sharded over.")
     _positive_int(config, "seed", allow_zero=True)
+    gammas = _get(config, "population.gammas")
+    if not isinstance(gammas, (tuple, list)) or not all(
+        isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) and g >= 0 for g in gammas
+    ):
+        raise ConfigError(f"config.population.gammas must be a tuple of non-negative numbers; got {gammas!r}.")
+    if len(set(gammas)) != len(gammas):
+        raise ConfigError(f"config.population.gammas must not repeat a value; got {gammas!r}.")
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -194,6 +219,10 @@ def default_config():
     config.train.plateau_factor = 0.8
     config.train.plateau_patience = 3
     config.train.progress_bar = True
+
+    # A population trains one member per gamma in a single vmapped step (empty: off).
+    config.population = mlc.ConfigDict()
+    config.population.gammas = ()
 
     config.checkpoint = mlc.ConfigDict()
     config.checkpoint.every_epochs = 1

@@ -21,9 +21,14 @@ Throughput design:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -46,6 +51,9 @@ from ibjax.io import append_jsonl, atomic_write_text, read_jsonl, write_jsonl
 __all__ = [
     "TrainState",
     "WorkdirError",
+    "NonFiniteError",
+    "WorkdirLock",
+    "train_step_fn",
     "make_mesh",
     "make_optimizer",
     "create_train_state",
@@ -142,13 +150,13 @@ def _categorical_terms(out, labels, num_classes, where=None):
     return dce, pce, z_probs
 
 
-def _objective(config, num_classes: int, out, labels):
+def _objective(config, num_classes: int, out, labels, gamma):
     """Training loss and batch-mean metrics for the configured objective."""
     objective = config.objective
     if config.model.latent == "continuous":
         return losses.surrogate_loss(
             out["logits"], out["z"], labels,
-            regularizer=objective.regularizer, gamma=objective.gamma, num_classes=num_classes,
+            regularizer=objective.regularizer, gamma=gamma, num_classes=num_classes,
             cross_entropy=objective.cross_entropy, eps=objective.eps,
         )
     dce, pce, z_probs = _categorical_terms(out, labels, num_classes)
@@ -173,49 +181,104 @@ def _correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return (jnp.argmax(log_prediction, axis=-1) == labels).astype(jnp.float32)
 
 
-def make_train_step(model, tx, config, num_classes: int, mesh: Mesh) -> Callable:
-    """The jitted train step ``(state, totals, images, labels, batch_idx, rng) -> (state, totals)``.
+#: Terms watched for NaN/Inf before each update, in the order of the bits of
+#: ``totals["bad_terms"]``.
+WATCHED_TERMS: tuple[str, ...] = ("cross_entropy", "regularizer", "loss", "gradient_norm")
+
+
+def metric_names(config) -> tuple[str, ...]:
+    """Names of the batch-mean metrics a train step accumulates."""
+    names = ("loss", "decoder_cross_entropy", "prediction_cross_entropy", "regularizer",
+             "training_error_bound", "accuracy", "gradient_norm")
+    return names + (("decoder_uncertainty",) if config.model.latent == "categorical" else ())
+
+
+def zero_totals(config) -> dict[str, jax.Array]:
+    """Fresh per-epoch accumulators of a train step (the step donates them)."""
+    totals = {k: jnp.zeros((), jnp.float32) for k in metric_names(config) + ("steps",)}
+    totals["bad_step"] = jnp.full((), -1, jnp.int32)
+    totals["bad_terms"] = jnp.zeros((), jnp.int32)
+    return totals
+
+
+def train_step_fn(model, tx, config, num_classes: int, mesh: Mesh) -> Callable:
+    """The pure train step ``(state, totals, images, labels, batch_idx, rng, gamma) -> (state, totals)``.
 
     ``images``/``labels`` are the whole (replicated) training set on device;
-    ``batch_idx`` ``[B]`` picks the batch, sharded over the mesh. ``totals``
-    accumulates the batch-mean metrics and the step count on device.
+    ``batch_idx`` ``[B]`` picks the batch, sharded over the mesh; ``gamma`` is
+    the regularisation weight (an array, so a population can vmap over it).
+    ``totals`` accumulates the batch-mean metrics on device.
+
+    Before the update is applied, the cross-entropy, the regulariser, the
+    loss and the gradient norm are checked for NaN/Inf. A bad step changes
+    nothing: the state stays at its last good value, ``totals["bad_step"]``
+    records the step and ``totals["bad_terms"]`` a bit per bad term
+    (:data:`WATCHED_TERMS`), and every later step is skipped, so the host can
+    report it at the end of the epoch without a round-trip per step.
     """
     batch_sharding = NamedSharding(mesh, P("data"))
+    names = metric_names(config)
+    ce_name = ("decoder_uncertainty" if config.objective.loss == "decoder_uncertainty"
+               else f"{config.objective.cross_entropy}_cross_entropy")
 
-    def step(state, totals, images, labels, batch_idx, rng):
+    def step(state, totals, images, labels, batch_idx, rng, gamma):
         rng = jax.random.fold_in(rng, state.step)
         batch_idx = jax.lax.with_sharding_constraint(batch_idx, batch_sharding)
         x, y = images[batch_idx], labels[batch_idx]
 
         def loss_fn(params):
             out, new_batch_stats = _forward(model, config, params, state.batch_stats, x, rng, train=True)
-            loss, metrics = _objective(config, num_classes, out, y)
+            loss, metrics = _objective(config, num_classes, out, y, gamma)
             return loss, (metrics, new_batch_stats, out["logits"])
 
         (loss, (metrics, new_batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
-        params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, accuracy=jnp.mean(_correct(logits, y)), steps=jnp.ones(()))
-        totals = jax.tree.map(jnp.add, totals, metrics)
-        new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_batch_stats, opt_state=opt_state)
-        return new_state, totals
+        metrics = dict(metrics, accuracy=jnp.mean(_correct(logits, y)), gradient_norm=optax.tree.norm(grads))
+        watched = (metrics[ce_name], metrics["regularizer"], loss, metrics["gradient_norm"])
+        bad_bits = sum(jnp.where(jnp.isfinite(v), 0, 1 << i) for i, v in enumerate(watched))
+        healthy = totals["bad_step"] < 0
+        ok = (bad_bits == 0) & healthy
+        first_bad = (bad_bits > 0) & healthy
 
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
+        candidate = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                                  batch_stats=new_batch_stats, opt_state=opt_state)
+        new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), candidate, state)
+        new_totals = {k: totals[k] + jnp.where(ok, metrics[k], 0.0) for k in names}
+        new_totals["steps"] = totals["steps"] + ok
+        new_totals["bad_step"] = jnp.where(first_bad, state.step, totals["bad_step"])
+        new_totals["bad_terms"] = jnp.where(first_bad, bad_bits, totals["bad_terms"])
+        return new_state, new_totals
+
+    return step
+
+
+def make_train_step(model, tx, config, num_classes: int, mesh: Mesh, *, population: bool = False) -> Callable:
+    """:func:`train_step_fn`, jitted with state and totals donated.
+
+    With ``population=True`` the step is vmapped over a leading member axis of
+    the state, the totals and ``gamma``: one compiled step advances every
+    member on the same batch with the same randomness.
+    """
+    step = train_step_fn(model, tx, config, num_classes, mesh)
+    if population:
+        step = jax.vmap(step, in_axes=(0, 0, None, None, None, None, 0))
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def make_eval_step(model, config, num_classes: int, mesh: Mesh) -> Callable:
+def make_eval_step(model, config, num_classes: int, mesh: Mesh, *, population: bool = False) -> Callable:
     """The jitted eval step ``(state, totals, images, labels, batch_idx, mask, rng, decoder) -> totals``.
 
     Sums over the real (``mask``) examples: correct predictions, decoder and
     prediction cross-entropies, the count, and for a categorical latent the
     joint p(z, y) (unnormalised). ``decoder`` ``[C, num_classes]``, if not
     None, replaces the learnt decoder matrix log p_Θ(ŷ|z) (the optimal decoder
-    of a run that minimises H[Y|Z] directly, section 5.4).
+    of a run that minimises H[Y|Z] directly, section 5.4). With
+    ``population=True`` state, totals and decoder carry a member axis.
     """
     batch_sharding = NamedSharding(mesh, P("data"))
     categorical = config.model.latent == "categorical"
 
-    def step(state, totals, images, labels, batch_idx, mask, rng, decoder):
+    def eval_step(state, totals, images, labels, batch_idx, mask, rng, decoder):
         batch_idx = jax.lax.with_sharding_constraint(batch_idx, batch_sharding)
         x, y = images[batch_idx], labels[batch_idx]
         out, _ = _forward(model, config, state.params, state.batch_stats, x, rng, train=False)
@@ -234,12 +297,18 @@ def make_eval_step(model, config, num_classes: int, mesh: Mesh) -> Callable:
         sums["correct"] = jnp.sum(_correct(out["logits"], y) * w)
         return jax.tree.map(jnp.add, totals, sums)
 
-    return jax.jit(step, donate_argnums=(1,))
+    if population:
+        eval_step = jax.vmap(eval_step, in_axes=(0, 0, None, None, None, None, None, 0))
+    return jax.jit(eval_step, donate_argnums=(1,))
 
 
 # --------------------------------------------------------------------------
-# Workdir handling: config, metrics and checkpoints
+# Workdir handling: lock, config, metrics and checkpoints
 # --------------------------------------------------------------------------
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced NaN/Inf; the update was not applied and nothing was saved."""
 
 
 def _comparable(config_dict: dict, allow_num_epochs_change: bool) -> dict:
@@ -251,25 +320,110 @@ def _comparable(config_dict: dict, allow_num_epochs_change: bool) -> dict:
     return out
 
 
-def _claim_workdir(workdir: Path, config, allow_num_epochs_change: bool) -> None:
-    """Writes config.json for a new run; refuses a workdir of a different run."""
+def _check_workdir(workdir: Path, config, allow_num_epochs_change: bool) -> None:
+    """Refuses a workdir that holds a different run; touches nothing."""
     config_path = workdir / "config.json"
-    current = configlib.to_dict(config)
     if config_path.exists():
         stored = configlib.from_json(config_path.read_text(), str(config_path)).to_dict()
         diffs = configlib.differences(
-            _comparable(stored, allow_num_epochs_change), _comparable(current, allow_num_epochs_change)
+            _comparable(stored, allow_num_epochs_change), _comparable(configlib.to_dict(config), allow_num_epochs_change)
         )
         if diffs:
-            hint = (" Pass --allow_num_epochs_change to extend a run." if any(d.startswith("train.num_epochs") for d in diffs) else "")
+            hint = (" Pass --allow_num_epochs_change to extend a run."
+                    if any(d.startswith("train.num_epochs") for d in diffs) else "")
             raise WorkdirError(
                 f"{workdir} holds a run with a different config; refusing to touch its checkpoints. "
                 "Use another --workdir. Differing fields:\n  " + "\n  ".join(diffs) + hint
             )
     elif (workdir / "checkpoints").exists():
         raise WorkdirError(f"{workdir} has checkpoints but no config.json; refusing to overwrite them.")
+
+
+def _claim_workdir(workdir: Path, config) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(config_path, configlib.to_json(config))
+    atomic_write_text(workdir / "config.json", configlib.to_json(config))
+
+
+class WorkdirLock:
+    """One live run per workdir: ``workdir/lock`` holds the owner's host and pid.
+
+    A lock whose process no longer exists on this host (a killed run) is
+    stale and taken over. Created with O_EXCL, so two starts cannot both win.
+    """
+
+    def __init__(self, workdir: Path):
+        self.path = Path(workdir) / "lock"
+        self.owner = f"{socket.gethostname()} {os.getpid()}"
+
+    def _holder(self) -> tuple[str, int] | None:
+        try:
+            host, pid = self.path.read_text().split()
+            return host, int(pid)
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder and holder[0] == socket.gethostname() and _process_alive(holder[1]):
+                    raise WorkdirError(
+                        f"{self.path.parent} is in use by a live run (host {holder[0]}, pid {holder[1]}); "
+                        "wait for it or use another --workdir."
+                    ) from None
+                if holder and holder[0] != socket.gethostname():
+                    raise WorkdirError(
+                        f"{self.path.parent} is locked by host {holder[0]} (pid {holder[1]}); if that run is dead, "
+                        f"delete {self.path}."
+                    ) from None
+                print(f"Taking over the stale lock {self.path} ({holder}).", flush=True)
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(self.owner)
+            return self
+        raise WorkdirError(f"could not lock {self.path}.")
+
+    def __exit__(self, *exc):
+        if self._holder() == (socket.gethostname(), os.getpid()):
+            self.path.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _StopRequests:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps (a second SIGINT aborts)."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __enter__(self):
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        print(f"\n{self.signal} received: finishing the current step and saving a checkpoint.", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _checkpoint_manager(workdir: Path, config) -> ocp.CheckpointManager:
@@ -287,18 +441,55 @@ def restore_state(manager: ocp.CheckpointManager, epoch: int, like: TrainState) 
     return restored.state, restored.meta
 
 
+_PREEMPTED = "preempted"
+
+
+def _save_preempted(workdir: Path, state, totals, epoch: int, step_in_epoch: int) -> None:
+    """Mid-epoch checkpoint; its JSON marker is written last, so a torn save is never read."""
+    marker = workdir / f"{_PREEMPTED}.json"
+    marker.unlink(missing_ok=True)
+    directory = (workdir / _PREEMPTED).absolute()
+    if directory.exists():
+        shutil.rmtree(directory)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(directory, {"state": state, "totals": totals})
+        checkpointer.wait_until_finished()
+    atomic_write_text(marker, json.dumps({"epoch": epoch, "step_in_epoch": step_in_epoch}))
+
+
+def _load_preempted(workdir: Path, epoch: int, state, totals):
+    """The mid-epoch checkpoint of ``epoch``, if there is one: (state, totals, step_in_epoch)."""
+    marker = workdir / f"{_PREEMPTED}.json"
+    if not marker.exists():
+        return None
+    meta = json.loads(marker.read_text())
+    if meta.get("epoch") != epoch:
+        return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"state": state, "totals": totals})
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore((workdir / _PREEMPTED).absolute(), abstract)
+    return restored["state"], restored["totals"], int(meta["step_in_epoch"])
+
+
+def _clear_preempted(workdir: Path) -> None:
+    (workdir / f"{_PREEMPTED}.json").unlink(missing_ok=True)
+    shutil.rmtree(workdir / _PREEMPTED, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------
 
 
-def _progress(total: int, epoch: int, enabled: bool):
+def _progress(total: int, initial: int, epoch: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"epoch {epoch}", unit="step", leave=False, disable=not enabled, file=sys.stderr)
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch}", unit="step", leave=False,
+                disable=not enabled, file=sys.stderr)
 
 
 def load_data(config) -> datalib.Dataset:
+    """The data set a config names (host uint8 arrays)."""
     return datalib.load_dataset(
         config.data.name,
         source=config.data.source,
@@ -309,22 +500,46 @@ def load_data(config) -> datalib.Dataset:
 
 
 def _evaluate(eval_step, state, images, labels, args, decoder=None):
-    """Means of the eval step over every example of a split, each counted once."""
+    """Means of the eval step over every example of a split, each counted once (per member)."""
     idx, mask = datalib.eval_batches(int(images.shape[0]), args["batch_size"])
     idx, mask = jax.device_put((idx, mask), args["sharding"])
-    totals = {k: jnp.zeros((), jnp.float32) for k in ("count", "decoder_cross_entropy", "prediction_cross_entropy", "correct")}
+    lead = args["lead"]
+    totals = {k: jnp.zeros(lead, jnp.float32) for k in ("count", "decoder_cross_entropy", "prediction_cross_entropy", "correct")}
     if args["joint_shape"] is not None:
-        totals["joint"] = jnp.zeros(args["joint_shape"], jnp.float32)
+        totals["joint"] = jnp.zeros(lead + args["joint_shape"], jnp.float32)
     totals = jax.device_put(totals, args["sharding"])
     for i in range(idx.shape[0]):
         totals = eval_step(state, totals, images, labels, idx[i], mask[i], jax.random.fold_in(args["rng"], i), decoder)
     totals = jax.device_get(totals)
-    n = float(totals.pop("count"))
-    summary = {k: float(v) / n for k, v in totals.items() if k != "joint"}
+    n = totals.pop("count")
+    summary = {k: v / n for k, v in totals.items() if k != "joint"}
     summary["accuracy"] = summary.pop("correct")
     if "joint" in totals:
-        summary["joint"] = totals["joint"] / n
+        summary["joint"] = totals["joint"] / (n[..., None, None] if lead else n)
     return summary
+
+
+def member_config(config: ml_collections.ConfigDict, gamma: float) -> ml_collections.ConfigDict:
+    """The standalone config of one population member: the same run with its own γ."""
+    member = ml_collections.ConfigDict(config.to_dict())
+    member.objective.gamma = float(gamma)
+    member.population.gammas = ()
+    return member
+
+
+def member_workdir(workdir: Path, index: int, gamma: float) -> Path:
+    return Path(workdir) / f"member{index:02d}_gamma{gamma:g}"
+
+
+def _nonfinite_message(config, bad_terms: int, step: int, epoch: int, member: str, last_epoch: int) -> str:
+    terms = [name for i, name in enumerate(WATCHED_TERMS) if bad_terms >> i & 1]
+    o = config.objective
+    drivers = (f"objective.loss={o.loss}, objective.cross_entropy={o.cross_entropy}, "
+               f"objective.regularizer={o.regularizer}, objective.gamma={o.gamma:g}, objective.eps={o.eps:g}, "
+               f"train.learning_rate={config.train.learning_rate:g}, dtype={config.dtype}")
+    kept = f"the checkpoint of epoch {last_epoch} is untouched" if last_epoch else "no checkpoint was written"
+    return (f"non-finite {', '.join(terms)} at step {step} (epoch {epoch}{member}); the update was not applied "
+            f"and {kept}. Values that drive it: {drivers}.")
 
 
 def train_and_evaluate(
@@ -338,7 +553,17 @@ def train_and_evaluate(
 
     Running it again on the same ``workdir`` with the same config resumes from
     the latest checkpoint; a different config is refused with the differing
-    fields listed, so one run never overwrites another's checkpoints.
+    fields listed, so one run never overwrites another's checkpoints. A live
+    run holds ``workdir/lock``.
+
+    With ``config.population.gammas`` set, one compiled step trains a member
+    per γ (the same config otherwise, the same data order and randomness);
+    each member is a complete run of its own in ``workdir/memberNN_gammaG``.
+
+    SIGTERM/SIGINT finish the current step, save a mid-epoch checkpoint and
+    return ``{"preempted": True, ...}``; the same call resumes exactly there.
+    A NaN/Inf in the loss, regulariser, cross-entropy or gradient norm raises
+    :class:`NonFiniteError` before the bad update is applied or anything saved.
 
     Args:
       config: experiment config (see ``configs/default.py``); validated first.
@@ -350,16 +575,35 @@ def train_and_evaluate(
         the stored config (to extend a finished run).
 
     Returns:
-      The metrics record of the last epoch run (empty if nothing was left to do).
+      The metrics record of the last epoch run (for a population, of its
+      first member, with ``"members"`` holding all); empty if nothing was
+      left to do.
     """
     if config.get("distributed", False):
         jax.distributed.initialize()
     mesh = make_mesh()
     configlib.validate(config, num_devices=mesh.size)
     workdir = Path(workdir)
-    _claim_workdir(workdir, config, allow_num_epochs_change)
-
+    gammas = tuple(float(g) for g in config.population.gammas)
+    population = bool(gammas)
+    members = [member_config(config, g) for g in gammas] if population else [config]
+    member_dirs = [member_workdir(workdir, i, g) for i, g in enumerate(gammas)] if population else [workdir]
+    _check_workdir(workdir, config, allow_num_epochs_change)
+    for member, directory in zip(members, member_dirs):
+        if population:
+            _check_workdir(directory, member, allow_num_epochs_change)
     dataset = load_data(config)
+
+    with WorkdirLock(workdir), _StopRequests() as stop:
+        _claim_workdir(workdir, config)
+        for member, directory in zip(members, member_dirs):
+            _claim_workdir(directory, member)
+        return _run(config, workdir, mesh, dataset, gammas, members, member_dirs, stop, stop_after_epoch)
+
+
+def _run(config, workdir, mesh, dataset, gammas, members, member_dirs, stop, stop_after_epoch):
+    population = bool(gammas)
+    num_members = len(members)
     num_classes = dataset.num_classes
     model = models.create_model(ml_collections.ConfigDict({**config.model.to_dict(), "dtype": config.dtype}), num_classes)
     batch_size = config.train.batch_size
@@ -370,6 +614,7 @@ def train_and_evaluate(
         )
     tx = make_optimizer(config, steps_per_epoch)
 
+    init_rng, train_rng, shuffle_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 4)
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
     rows_sharding = NamedSharding(mesh, P(None, "data"))
@@ -377,96 +622,135 @@ def train_and_evaluate(
         (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test), replicated
     )
 
-    root = jax.random.key(config.seed)
-    init_rng, train_rng, shuffle_rng, eval_rng = jax.random.split(root, 4)
-    state = jax.device_put(create_train_state(init_rng, model, tx, dataset.image_shape), replicated)
+    def stack(trees):
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *trees) if population else trees[0]
 
-    manager = _checkpoint_manager(workdir, config)
-    start_epoch = manager.latest_step() or 0
-    if start_epoch:
-        state, _ = restore_state(manager, start_epoch, state)
-        print(f"Resuming {workdir} from the checkpoint of epoch {start_epoch}.", flush=True)
-    metrics_path = workdir / "metrics.jsonl"
-    # Drop records of epochs after the checkpoint so a resumed run logs each epoch once.
-    kept = [r for r in (read_jsonl(metrics_path) if metrics_path.exists() else []) if r.get("epoch", 0) <= start_epoch]
-    write_jsonl(metrics_path, kept)
+    def member_of(tree, i):
+        return jax.tree.map(lambda x: x[i], tree) if population else tree
 
-    categorical = config.model.latent == "categorical"
-    optimal_decoder = config.objective.loss == "decoder_uncertainty"
-    total_names = ("loss", "decoder_cross_entropy", "prediction_cross_entropy", "regularizer",
-                   "training_error_bound", "accuracy", "steps") + (("decoder_uncertainty",) if categorical else ())
+    with contextlib.ExitStack() as cleanup:
+        managers = [_checkpoint_manager(d, m) for d, m in zip(member_dirs, members)]
+        for manager in managers:
+            # Finish pending asynchronous saves on every exit path, errors
+            # included, so the last good checkpoint is never left half-written.
+            cleanup.callback(manager.close)
+            cleanup.callback(manager.wait_until_finished)
+        single = create_train_state(init_rng, model, tx, dataset.image_shape)
+        start_epoch = min(m.latest_step() or 0 for m in managers)
+        if start_epoch:
+            like = jax.device_put(single, replicated)
+            state = stack([restore_state(m, start_epoch, like)[0] for m in managers])
+            print(f"Resuming {workdir} from the checkpoint of epoch {start_epoch}.", flush=True)
+        else:
+            state = stack([single] * num_members)
+        state = jax.device_put(state, replicated)
+        gamma = jax.device_put(jnp.asarray(gammas if population else config.objective.gamma, jnp.float32), replicated)
 
-    def zero_totals():  # fresh buffers each epoch: the step donates them
-        return jax.device_put({k: jnp.zeros((), jnp.float32) for k in total_names}, replicated)
+        def fresh_totals():
+            return jax.device_put(stack([zero_totals(config)] * num_members), replicated)
 
-    train_step = make_train_step(model, tx, config, num_classes, mesh)
-    eval_step = make_eval_step(model, config, num_classes, mesh)
-    example_idx = jax.device_put(jnp.zeros((batch_size,), jnp.int32), batch_sharding)
-    compile_start = time.perf_counter()
-    compiled_train_step = train_step.lower(
-        state, zero_totals(), x_train, y_train, example_idx, train_rng
-    ).compile()
-    compile_seconds = time.perf_counter() - compile_start
-    eval_args = dict(batch_size=config.train.eval_batch_size, rng=eval_rng, sharding=replicated,
-                     joint_shape=(config.model.latent_dim, num_classes) if categorical else None)
+        metrics_paths = [d / "metrics.jsonl" for d in member_dirs]
+        for path in metrics_paths:
+            # Drop records of epochs after the checkpoint so a resumed run logs each epoch once.
+            kept = [r for r in (read_jsonl(path) if path.exists() else []) if r.get("epoch", 0) <= start_epoch]
+            write_jsonl(path, kept)
 
-    record: dict[str, Any] = {}
-    num_epochs = config.train.num_epochs
-    for epoch in range(start_epoch + 1, num_epochs + 1):
-        epoch_start = time.perf_counter()
-        batches = jax.device_put(
-            datalib.epoch_batches(jax.random.fold_in(shuffle_rng, epoch), dataset.x_train.shape[0], batch_size),
-            rows_sharding,
-        )
-        totals = zero_totals()
-        with _progress(steps_per_epoch, epoch, config.train.get("progress_bar", True)) as bar:
-            for i in range(steps_per_epoch):
-                state, totals = compiled_train_step(state, totals, x_train, y_train, batches[i], train_rng)
-                bar.update(1)
-        totals = jax.device_get(totals)
-        train_seconds = time.perf_counter() - epoch_start
-        steps = float(totals.pop("steps"))
-        record = {"epoch": epoch, "step": int(jax.device_get(state.step))}
-        record.update({f"train_{k}": float(v) / steps for k, v in totals.items()})
-        record["training_error_bound"] = record.pop("train_training_error_bound")
+        categorical = config.model.latent == "categorical"
+        optimal_decoder = config.objective.loss == "decoder_uncertainty"
+        train_step = make_train_step(model, tx, config, num_classes, mesh, population=population)
+        eval_step = make_eval_step(model, config, num_classes, mesh, population=population)
+        example_idx = jax.device_put(jnp.zeros((batch_size,), jnp.int32), batch_sharding)
+        compile_start = time.perf_counter()
+        compiled_step = train_step.lower(state, fresh_totals(), x_train, y_train, example_idx, train_rng, gamma).compile()
+        compile_seconds = time.perf_counter() - compile_start
+        eval_args = dict(batch_size=config.train.eval_batch_size, rng=eval_rng, sharding=replicated,
+                         lead=(num_members,) if population else (),
+                         joint_shape=(config.model.latent_dim, num_classes) if categorical else None)
 
-        decoder = None
-        if categorical:
-            # Exact quantities over the whole training set in eval mode (Figure 3).
-            train_eval = _evaluate(eval_step, state, x_train, y_train, eval_args)
-            joint = jnp.asarray(train_eval["joint"])
-            if optimal_decoder:
-                # Section 5.4: fix p_Θ(ŷ|z) := p(y|z) after each epoch, then evaluate with it.
-                decoder = jax.device_put(jnp.log(information.optimal_decoder(joint)), replicated)
-                train_eval = _evaluate(eval_step, state, x_train, y_train, eval_args, decoder)
-            record["train_decoder_uncertainty"] = float(information.conditional_entropy(joint))
-            record["train_exact_decoder_cross_entropy"] = train_eval["decoder_cross_entropy"]
-            record["train_exact_prediction_cross_entropy"] = train_eval["prediction_cross_entropy"]
-            record["train_exact_accuracy"] = train_eval["accuracy"]
-        test_eval = _evaluate(eval_step, state, x_test, y_test, eval_args, decoder)
-        record.update({
-            "test_accuracy": test_eval["accuracy"],
-            "test_decoder_cross_entropy": test_eval["decoder_cross_entropy"],
-            "test_prediction_cross_entropy": test_eval["prediction_cross_entropy"],
-            "learning_rate": float(learning_rate(config, state)),
-            "examples_per_sec": steps_per_epoch * batch_size / train_seconds,
-            "epoch_seconds": time.perf_counter() - epoch_start,
-            "gamma": float(config.objective.gamma),
-            "regularizer": config.objective.regularizer,
-        })
-        if epoch == start_epoch + 1:
-            record["compile_seconds"] = compile_seconds
-        append_jsonl(metrics_path, record)
-        print(_summary_line(record), flush=True)
+        records: list[dict] = []
+        last_saved = start_epoch
+        num_epochs = config.train.num_epochs
+        for epoch in range(start_epoch + 1, num_epochs + 1):
+            epoch_start = time.perf_counter()
+            batches = jax.device_put(
+                datalib.epoch_batches(jax.random.fold_in(shuffle_rng, epoch), dataset.x_train.shape[0], batch_size),
+                rows_sharding,
+            )
+            totals, first_step = fresh_totals(), 0
+            resumed = _load_preempted(workdir, epoch, state, totals)
+            if resumed is not None:
+                state, totals, first_step = resumed
+                print(f"Resuming epoch {epoch} at step {first_step} of {steps_per_epoch}.", flush=True)
+            with _progress(steps_per_epoch, first_step, epoch, config.train.get("progress_bar", True)) as bar:
+                for i in range(first_step, steps_per_epoch):
+                    state, totals = compiled_step(state, totals, x_train, y_train, batches[i], train_rng, gamma)
+                    bar.update(1)
+                    if stop.signal is not None and i + 1 < steps_per_epoch:
+                        _save_preempted(workdir, state, totals, epoch, i + 1)
+                        return {"preempted": True, "epoch": epoch, "step_in_epoch": i + 1, "signal": stop.signal}
+            totals = jax.device_get(totals)
+            train_seconds = time.perf_counter() - epoch_start
+            bad = np.atleast_1d(totals["bad_step"])
+            for i in np.flatnonzero(bad >= 0):
+                member = f", member {i} with gamma={gammas[i]:g}" if population else ""
+                raise NonFiniteError(_nonfinite_message(members[i], int(np.atleast_1d(totals["bad_terms"])[i]),
+                                                        int(bad[i]), epoch, member, last_saved))
 
-        if epoch % config.checkpoint.every_epochs == 0 or epoch == num_epochs or epoch == stop_after_epoch:
-            meta = {"epoch": epoch, "config": configlib.to_dict(config), "metrics": record}
-            manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
-            break
-    manager.wait_until_finished()
-    manager.close()
-    return record
+            decoder = None
+            train_eval = {}
+            if categorical:
+                # Exact quantities over the whole training set in eval mode (Figure 3).
+                train_eval = _evaluate(eval_step, state, x_train, y_train, eval_args)
+                joint = jnp.asarray(train_eval["joint"])
+                if optimal_decoder:
+                    # Section 5.4: fix p_Θ(ŷ|z) := p(y|z) after each epoch, then evaluate with it.
+                    optimal = jax.vmap(information.optimal_decoder) if population else information.optimal_decoder
+                    decoder = jax.device_put(jnp.log(optimal(joint)), replicated)
+                    train_eval = dict(_evaluate(eval_step, state, x_train, y_train, eval_args, decoder), joint=train_eval["joint"])
+            test_eval = _evaluate(eval_step, state, x_test, y_test, eval_args, decoder)
+            epoch_seconds = time.perf_counter() - epoch_start
+            records = []
+            for i, member in enumerate(members):
+                pick = (lambda v: float(np.atleast_1d(v)[i]))
+                steps = pick(totals["steps"])
+                record = {"epoch": epoch, "step": int(np.atleast_1d(jax.device_get(state.step))[i])}
+                record.update({f"train_{k}": pick(totals[k]) / steps for k in metric_names(config)})
+                record["training_error_bound"] = record.pop("train_training_error_bound")
+                if categorical:
+                    joint_i = np.asarray(train_eval["joint"])[i] if population else np.asarray(train_eval["joint"])
+                    record["train_decoder_uncertainty"] = float(information.conditional_entropy(jnp.asarray(joint_i)))
+                    record["train_exact_decoder_cross_entropy"] = pick(train_eval["decoder_cross_entropy"])
+                    record["train_exact_prediction_cross_entropy"] = pick(train_eval["prediction_cross_entropy"])
+                    record["train_exact_accuracy"] = pick(train_eval["accuracy"])
+                record.update({
+                    "test_accuracy": pick(test_eval["accuracy"]),
+                    "test_decoder_cross_entropy": pick(test_eval["decoder_cross_entropy"]),
+                    "test_prediction_cross_entropy": pick(test_eval["prediction_cross_entropy"]),
+                    "learning_rate": float(np.atleast_1d(jax.device_get(learning_rate(config, state)))[i]),
+                    "examples_per_sec": num_members * steps_per_epoch * batch_size / train_seconds,
+                    "epoch_seconds": epoch_seconds,
+                    "gamma": float(member.objective.gamma),
+                    "regularizer": member.objective.regularizer,
+                })
+                if epoch == start_epoch + 1:
+                    record["compile_seconds"] = compile_seconds
+                append_jsonl(metrics_paths[i], record)
+                print(("" if not population else f"[γ={gammas[i]:g}] ") + _summary_line(record), flush=True)
+                records.append(record)
+
+            if epoch % config.checkpoint.every_epochs == 0 or epoch == num_epochs or epoch == stop_after_epoch:
+                for i, (manager, member) in enumerate(zip(managers, members)):
+                    meta = {"epoch": epoch, "config": configlib.to_dict(member), "metrics": records[i]}
+                    manager.save(epoch, args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(member_of(state, i)), meta=ocp.args.JsonSave(meta)))
+                last_saved = epoch
+            _clear_preempted(workdir)
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                break
+        if not records:
+            return {}
+        return dict(records[0], members=records) if population else records[0]
+
 
 
 def _summary_line(record: dict) -> str:

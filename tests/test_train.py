@@ -137,12 +137,9 @@ def _steps_on_mesh(config, mesh, num_steps=4):
     batches = np.asarray(datalib.epoch_batches(jax.random.key(1), dataset.x_train.shape[0], config.train.batch_size))
     losses = []
     for i in range(num_steps):
-        totals = jax.device_put({"loss": jnp.zeros(()), "decoder_cross_entropy": jnp.zeros(()),
-                                 "prediction_cross_entropy": jnp.zeros(()), "regularizer": jnp.zeros(()),
-                                 "training_error_bound": jnp.zeros(()), "accuracy": jnp.zeros(()),
-                                 "steps": jnp.zeros(())}, replicated)
+        totals = jax.device_put(train.zero_totals(config), replicated)
         idx = jax.device_put(batches[i], jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
-        state, totals = step(state, totals, images, labels, idx, jax.random.key(2))
+        state, totals = step(state, totals, images, labels, idx, jax.random.key(2), jnp.float32(config.objective.gamma))
         losses.append((float(totals["loss"]), float(totals["regularizer"])))
     return np.array(losses), jax.device_get(state.params)
 
