@@ -164,8 +164,8 @@ def _centred_float32(x) -> jax.Array:
     keeps ‖x‖² (and so the matmul rounding) as small as the spread allows.
     """
     if isinstance(x, np.ndarray):
-        x = x - x.mean(axis=0, dtype=np.float64 if x.dtype == np.float64 else np.float32)
-        return jnp.asarray(x, jnp.float32)
+        x = np.asarray(x, np.float64)
+        return jnp.asarray(x - x.mean(axis=0), jnp.float32)
     x = jnp.asarray(x, jnp.float32)
     return x - jnp.mean(x, axis=0)
 

@@ -8,6 +8,9 @@ show that the IB and DIB objectives reduce to
 that the Decoder Cross-Entropy H_Θ[Y|Z] upper-bounds the Decoder Uncertainty
 H[Y|Z], and that E||Z||², log Var[Z] and log Var[Z|Y] are cheap surrogates for
 the regulariser once zero-entropy noise has been added to a continuous latent.
+The Deep Variational IB of Alemi et al. (2016) is here as a baseline: its
+regulariser KL(p(z|x) || N(0, I)) = ½ E||Z||² − H[Z|X] + const (appendix A.7)
+for an encoder that outputs the mean and scale of a Gaussian p(z|x).
 
 Every function here is a pure function of arrays with static Python options,
 so it works unchanged under ``jax.jit``, ``jax.grad``, ``jax.vmap`` and
@@ -19,6 +22,8 @@ Conventions
   draws) on the leading axis, or ``[B, C]`` for S = 1.
 * ``labels``: integer class indices ``[B]``.
 * ``z``: latent ``[B, K]`` or ``[S, B, K]``; samples are folded into the batch.
+* ``z_mean``, ``z_scale``: mean μ and standard deviation σ > 0 of a Gaussian
+  encoder p(z|x) = N(μ(x), diag σ(x)²), shaped like ``z``.
 * ``where``: optional boolean ``[B]``; ``False`` marks padding, left out of
   every statistic.
 * ``axis_name``: optional name of a mapped axis (``pmap``/``shard_map``). Batch
@@ -45,6 +50,7 @@ __all__ = [
     "activation_l2",
     "log_variance",
     "conditional_log_variance",
+    "kl_to_standard_normal",
     "surrogate_loss",
     "training_error_bound",
 ]
@@ -54,7 +60,7 @@ __all__ = [
 ZERO_ENTROPY_STD: float = (2.0 * math.pi * math.e) ** -0.5
 
 #: Valid ``regularizer`` names for :func:`surrogate_loss` (Observation 8).
-REGULARIZERS: tuple[str, ...] = ("none", "l2", "log_var", "cond_log_var")
+REGULARIZERS: tuple[str, ...] = ("none", "l2", "log_var", "cond_log_var", "vib")
 
 #: Valid ``cross_entropy`` names for :func:`surrogate_loss`.
 CROSS_ENTROPIES: tuple[str, ...] = ("decoder", "prediction")
@@ -388,6 +394,77 @@ def conditional_log_variance(
     return jnp.sum(p_y * _gaussian_entropy_bound(variances, eps))
 
 
+def _gaussian_encoder(mean: jax.Array, scale: jax.Array, names=("mean", "scale")):
+    """Checks μ and σ of p(z|x) and returns both as ``[S, B, K]``."""
+    mean, scale = _check_float(mean, names[0]), _check_float(scale, names[1])
+    if mean.ndim not in (2, 3):
+        raise ValueError(f"`{names[0]}` must be [B, K] or [S, B, K]; got shape {mean.shape}.")
+    if scale.shape != mean.shape:
+        raise ValueError(f"`{names[1]}` {scale.shape} must have the shape of `{names[0]}` {mean.shape}.")
+    if mean.ndim == 2:
+        return mean[None], scale[None]
+    return mean, scale
+
+
+def kl_to_standard_normal(
+    mean: jax.Array,
+    scale: jax.Array,
+    where: jax.Array | None = None,
+    axis_name: str | None = None,
+) -> jax.Array:
+    """Deep Variational IB regulariser KL(p(z|x) ‖ N(0, I)) (Alemi et al., 2016).
+
+    .. math::
+        \\frac1N \\sum_n \\tfrac12 \\sum_i
+        \\big(\\sigma_{n,i}^2 + \\mu_{n,i}^2 - 1 - 2 \\log \\sigma_{n,i}\\big)
+
+    the closed-form KL divergence of a diagonal Gaussian encoder
+    p(z|x_n) = N(μ_n, diag σ_n²) from the standard normal, averaged over the
+    N examples (samples count as examples, as in :func:`activation_l2`).
+    Per example it is ½ E[||Z||² | x] + (K/2) log 2π − H[Z|x], so the mean is
+    ½ E||Z||² − H[Z|X] + const (appendix A.7): half the activation L2
+    regulariser minus the Encoding Uncertainty H[Z|X].
+
+    Args:
+      mean: ``[B, K]`` or ``[S, B, K]`` encoder means μ.
+      scale: encoder standard deviations σ > 0, shaped like ``mean``.
+      where: optional ``[B]`` boolean mask of real examples; masked entries
+        may hold anything (even σ = 0) without affecting value or gradient.
+      axis_name: optional mapped axis to reduce over (global batch).
+
+    Returns:
+      Scalar mean KL in nats (0 for an empty batch).
+
+    Raises:
+      ValueError: for mismatched shapes, or a concrete σ ≤ 0 on a real example.
+
+    Reference:
+      Alemi, Fischer, Dillon & Murphy, "Deep Variational Information
+      Bottleneck", ICLR 2017 (arXiv:1612.00410).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> float(kl_to_standard_normal(jnp.ones((2, 1)), jnp.ones((2, 1))))  # ½ μ²
+      0.5
+    """
+    mean, scale = _gaussian_encoder(mean, scale)
+    keep = jnp.broadcast_to(_check_where(where, mean.shape[1])[None, :, None], mean.shape)
+    if _is_concrete(scale) and _is_concrete(keep) and scale.size:
+        real = np.asarray(scale)[np.asarray(keep)]
+        if real.size and not np.all(real > 0):
+            raise ValueError(f"`scale` must be > 0 on every real example; got minimum {real.min()}.")
+    # Padding is replaced by N(0, 1), whose KL is 0, so that neither its value
+    # nor its gradient (log 0, 0 · inf) can leak into the mean.
+    mu = jnp.where(keep, mean.astype(jnp.float32), 0.0)
+    log_sigma = jnp.log(jnp.where(keep, scale.astype(jnp.float32), 1.0))
+    # σ² − 1 − 2 log σ as expm1(2 log σ) − 2 log σ: no cancellation near σ = 1.
+    per_example = 0.5 * jnp.sum(mu**2 + jnp.expm1(2.0 * log_sigma) - 2.0 * log_sigma, axis=-1)
+    w = keep[..., 0].astype(jnp.float32)
+    total = _psum(jnp.sum(w * per_example), axis_name)
+    count = _psum(jnp.sum(w), axis_name)
+    return total / jnp.maximum(count, 1.0)
+
+
 # --------------------------------------------------------------------------
 # The surrogate objectives (Observation 8)
 # --------------------------------------------------------------------------
@@ -411,19 +488,23 @@ def surrogate_loss(
     where: jax.Array | None = None,
     axis_name: str | None = None,
     eps: float = 1e-8,
+    z_mean: jax.Array | None = None,
+    z_scale: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """A surrogate IB objective: cross-entropy + γ · regulariser (Observation 8).
 
     .. math::
         \\min\\; H_\\Theta[Y|Z] + \\gamma\\, R(Z), \\qquad
-        R \\in \\{0,\\; \\mathbb E\\|Z\\|^2,\\; \\log\\mathrm{Var}[Z],\\; \\log\\mathrm{Var}[Z|Y]\\}
+        R \\in \\{0,\\; \\mathbb E\\|Z\\|^2,\\; \\log\\mathrm{Var}[Z],\\; \\log\\mathrm{Var}[Z|Y],\\;
+        D_{KL}(p(z|x) \\| \\mathcal N(0, I))\\}
 
     Args:
       logits: ``[S, B, C]`` or ``[B, C]`` decoder logits.
       z: ``[S, B, K]`` or ``[B, K]`` latent the logits were decoded from (with
         its zero-entropy noise, if any).
       labels: ``[B]`` integer labels.
-      regularizer: one of ``"none"``, ``"l2"``, ``"log_var"``, ``"cond_log_var"``.
+      regularizer: one of ``"none"``, ``"l2"``, ``"log_var"``, ``"cond_log_var"``,
+        ``"vib"`` (the Deep Variational IB baseline, :func:`kl_to_standard_normal`).
       gamma: regularisation strength γ ≥ 0; may be a traced scalar (e.g. under
         ``vmap`` over a population of γ values).
       num_classes: number of label classes (static).
@@ -432,6 +513,10 @@ def surrogate_loss(
       where: optional ``[B]`` boolean mask of real examples.
       axis_name: optional mapped axis to reduce over (global batch).
       eps: variance floor of the log-variance regularisers.
+      z_mean: mean μ of the Gaussian encoder p(z|x), shaped like ``z``;
+        required by ``"vib"`` and ignored by the other regularisers.
+      z_scale: its standard deviation σ > 0, shaped like ``z``; required by
+        ``"vib"`` and ignored by the other regularisers.
 
     Returns:
       ``(loss, metrics)``: the scalar objective, and a dict with the batch means
@@ -439,8 +524,9 @@ def surrogate_loss(
       ``training_error_bound`` and ``loss``.
 
     Raises:
-      ValueError: for an unknown ``regularizer`` or ``cross_entropy``, or a
-        negative concrete ``gamma``.
+      ValueError: for an unknown ``regularizer`` or ``cross_entropy``, a
+        negative concrete ``gamma``, or ``"vib"`` without ``z_mean`` and
+        ``z_scale``.
     """
     if regularizer not in REGULARIZERS:
         raise ValueError(f"`regularizer` must be one of {REGULARIZERS}; got {regularizer!r}.")
@@ -458,6 +544,15 @@ def surrogate_loss(
         raise ValueError(
             f"`logits` has {logits.shape[-1]} classes but `num_classes` is {num_classes}."
         )
+    if regularizer == "vib":
+        if z_mean is None or z_scale is None:
+            raise ValueError(
+                "`regularizer='vib'` needs `z_mean` and `z_scale`, the mean and scale of the "
+                "Gaussian encoder p(z|x) (IBModel with latent='vib' returns them)."
+            )
+        z_mean, z_scale = _gaussian_encoder(z_mean, z_scale, ("z_mean", "z_scale"))
+        if z_mean.shape != z.shape:
+            raise ValueError(f"`z_mean` and `z_scale` {z_mean.shape} must have the shape of `z` {z.shape}.")
     mask = _check_where(where, logits.shape[1])
     dce = _masked_mean(decoder_cross_entropy(logits, labels, mask), mask, axis_name)
     pce = _masked_mean(prediction_cross_entropy(logits, labels, mask), mask, axis_name)
@@ -467,8 +562,10 @@ def surrogate_loss(
         reg = activation_l2(z, mask, axis_name)
     elif regularizer == "log_var":
         reg = log_variance(z, mask, axis_name, eps)
-    else:
+    elif regularizer == "cond_log_var":
         reg = conditional_log_variance(z, labels, num_classes, mask, axis_name, eps)
+    else:
+        reg = kl_to_standard_normal(z_mean, z_scale, mask, axis_name)
     ce = dce if cross_entropy == "decoder" else pce
     loss = ce + gamma * reg
     metrics = {

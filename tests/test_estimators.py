@@ -113,10 +113,21 @@ def test_knn_entropy_exact_for_low_rank_and_offset_data():
     # A 2-D plane in 40 dimensions, far from the origin: neighbours are close
     # compared with |x|, where matmul-form distances lose every digit.
     rng = np.random.default_rng(5)
-    x = 1e3 + rng.standard_normal((1200, 2)) @ rng.standard_normal((2, 40))
+    x = 1e5 + rng.standard_normal((1200, 2)) @ rng.standard_normal((2, 40))
     x32 = x.astype(np.float32)
     assert float(E.knn_entropy(x32, 3)) == pytest.approx(ref_kl_entropy(x32, 3), rel=1e-4)
     # float64 input is centred in float64 before the cast, losing no digits to the offset.
+    assert float(E.knn_entropy(x, 3)) == pytest.approx(ref_kl_entropy(x, 3), rel=1e-4)
+
+
+def test_knn_entropy_exact_when_matmul_rounding_exceeds_neighbour_distances():
+    # Two tight clusters far from the mean: float32 rounding of |q|^2 + |x|^2 - 2 q.x
+    # (~1e-5) exceeds the squared neighbour distances (~1e-5), so the matmul
+    # candidates are arbitrary; only the certified direct fallback is exact.
+    rng = np.random.default_rng(9)
+    centre = 30.0 * np.ones(10) / np.sqrt(10)
+    x = np.concatenate([c + 1e-3 * rng.standard_normal((300, 10)) for c in (centre, -centre)])
+    x = x.astype(np.float32)
     assert float(E.knn_entropy(x, 3)) == pytest.approx(ref_kl_entropy(x, 3), rel=1e-4)
 
 

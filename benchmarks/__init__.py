@@ -1,0 +1,1 @@
+"""Throughput benchmarks of ibjax's training step; see benchmarks/README.md."""
