@@ -12,7 +12,9 @@ Continuous Z: H[Z] and H[Z|Y] by the k-NN estimators of
 plus zero-entropy noise (Z|X=x is N(f(x), I/(2πe))); for a stochastic
 (dropout) encoder it is estimated from repeated draws per example; without
 noise and with a deterministic encoder it is −∞ and I[X;Z] is undefined
-(section 6.1), recorded as ``null``. Categorical Z: every quantity is exact
+(section 6.1), recorded as ``null``. The Gaussian latent of the Deep
+Variational IB (``latent='vib'``) has an exact H[Z|X] from its encoder scales
+σ(x) (:func:`gaussian_conditional_entropy`). Categorical Z: every quantity is exact
 (:mod:`ibjax.information`). The analysis never retrains: it reads the
 checkpoints that training left.
 """
@@ -34,7 +36,8 @@ from ibjax import data as datalib
 from ibjax import estimators, information, models, train
 from ibjax.io import append_jsonl, read_jsonl
 
-__all__ = ["continuous_quantities", "categorical_quantities", "make_latent_fn", "compute_latents", "analyze_run"]
+__all__ = ["continuous_quantities", "categorical_quantities", "gaussian_conditional_entropy", "make_latent_fn",
+           "compute_latents", "analyze_run"]
 
 #: How H[Z|X] was obtained, written beside it in every record.
 H_Z_GIVEN_X_METHODS = {
@@ -42,6 +45,7 @@ H_Z_GIVEN_X_METHODS = {
     "estimated": "estimated: k-NN entropy over repeated dropout/noise draws per example",
     "undefined": "undefined: deterministic latent without noise has H[Z|X] = -inf (section 6.1)",
     "exact_categorical": "exact: mean entropy of p(z|x) for a categorical latent",
+    "exact_gaussian": "exact: mean entropy of the Gaussian p(z|x) = N(mu(x), diag sigma(x)^2) of a VIB latent",
 }
 
 
@@ -92,6 +96,34 @@ def categorical_quantities(z_probs: np.ndarray, labels: np.ndarray, num_classes:
     return _assemble(h_z, h_z_given_y, h_z_given_x, "exact_categorical", h_y)
 
 
+def gaussian_conditional_entropy(z_scale: jax.Array) -> jax.Array:
+    """Exact Encoding Uncertainty H[Z|X] of a diagonal Gaussian encoder (nats).
+
+    .. math::
+        H[Z|X] = \\frac1N \\sum_n \\sum_i \\tfrac12 \\log\\big(2\\pi e\\,\\sigma_i(x_n)^2\\big)
+
+    the mean over the examples of the differential entropy of
+    p(z|x_n) = N(μ(x_n), diag σ(x_n)²), as for the VIB latent.
+
+    Args:
+      z_scale: ``[N, K]`` encoder standard deviations σ(x_n) > 0.
+
+    Returns:
+      Scalar H[Z|X] in nats (float32).
+
+    Example:
+      >>> import jax.numpy as jnp, math
+      >>> h = gaussian_conditional_entropy(jnp.full((3, 2), (2 * math.pi * math.e) ** -0.5))
+      >>> abs(float(h)) < 1e-5  # zero-entropy noise has H = 0
+      True
+    """
+    z_scale = jnp.asarray(z_scale)
+    if z_scale.ndim != 2 or not jnp.issubdtype(z_scale.dtype, jnp.floating):
+        raise ValueError(f"`z_scale` must be a floating [N, K] array; got {z_scale.dtype} {z_scale.shape}.")
+    log_2pie = math.log(2.0 * math.pi * math.e)
+    return jnp.mean(jnp.sum(0.5 * log_2pie + jnp.log(z_scale.astype(jnp.float32)), axis=-1))
+
+
 def _assemble(h_z, h_z_given_y, h_z_given_x, method, h_y) -> dict[str, Any]:
     i_y_z = h_z - h_z_given_y
     decoder_uncertainty = h_y - i_y_z
@@ -110,13 +142,17 @@ def _assemble(h_z, h_z_given_y, h_z_given_x, method, h_y) -> dict[str, Any]:
     }
 
 
-def make_latent_fn(model, config, *, stochastic: bool = False):
+def make_latent_fn(model, config, *, stochastic: bool = False, scale: bool = False):
     """Jitted ``(state, images_uint8, key) -> latents``: Z ``[B, K]`` or p(z|x) ``[B, C]``.
 
     Eval mode with the configured noise; ``stochastic`` turns the Dropout
     encoder's masks on (train mode), to sample H[Z|X] of a stochastic encoder.
+    ``scale`` returns the encoder scales σ(x) ``[B, K]`` of a VIB latent instead.
     """
     categorical = config.model.latent == "categorical"
+    if scale and config.model.latent != "vib":
+        raise ValueError(f"`scale=True` needs config.model.latent='vib'; got {config.model.latent!r}.")
+    key_out = "z_scale" if scale else "z"
 
     @jax.jit
     def latent_fn(state, batch, key):
@@ -124,7 +160,7 @@ def make_latent_fn(model, config, *, stochastic: bool = False):
         dropout_key, noise_key = jax.random.split(key)
         variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
         out = model.apply(variables, x, train=stochastic, num_samples=1, rngs={"dropout": dropout_key, "noise": noise_key})
-        return jnp.exp(out["z_log_probs"][0]) if categorical else out["z"][0]
+        return jnp.exp(out["z_log_probs"][0]) if categorical else out[key_out][0]
 
     return latent_fn
 
@@ -140,8 +176,13 @@ def compute_latents(latent_fn, state, images, *, num_draws: int = 1, rng=None, b
     return jnp.stack(draws)
 
 
-def _h_z_given_x(config, stochastic_fn, state, images, k: int, num_examples: int = 64, num_draws: int = 200):
-    """H[Z|X] and how it was obtained, for a continuous latent."""
+def _h_z_given_x(config, stochastic_fn, scale_fn, state, images, k: int, num_examples: int = 64,
+                 num_draws: int = 200):
+    """H[Z|X] and how it was obtained, for a continuous or VIB latent."""
+    if config.model.latent == "vib":
+        # Eval mode: Dropout is off, so Z|x is exactly N(μ(x), diag σ(x)²).
+        scales = compute_latents(scale_fn, state, images)[0]
+        return float(gaussian_conditional_entropy(scales)), "exact_gaussian"
     if config.model.encoder != "dropout_cnn":
         return (0.0, "exact_zero") if config.model.noise else (None, "undefined")
     subset = images[:num_examples]
@@ -172,7 +213,7 @@ def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = 
     """
     from tqdm.auto import tqdm
 
-    workdir = Path(workdir)
+    workdir = Path(workdir).absolute()  # Orbax needs absolute paths
     config_path = workdir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training run directory.")
@@ -196,6 +237,7 @@ def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = 
     epochs = [e for e in manager.all_steps() if e not in done]
     latent_fn = make_latent_fn(model, config)
     stochastic_fn = make_latent_fn(model, config, stochastic=True)
+    scale_fn = make_latent_fn(model, config, scale=True) if config.model.latent == "vib" else None
     records = []
     for epoch in tqdm(sorted(epochs), desc=f"analyse {workdir.name}", unit="ckpt", disable=not progress):
         state, _ = train.restore_state(manager, epoch, like)
@@ -203,7 +245,7 @@ def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = 
         if config.model.latent == "categorical":
             quantities = categorical_quantities(np.asarray(latents), labels, dataset.num_classes)
         else:
-            h, method = _h_z_given_x(config, stochastic_fn, state, images, k)
+            h, method = _h_z_given_x(config, stochastic_fn, scale_fn, state, images, k)
             quantities = continuous_quantities(np.asarray(latents), labels, dataset.num_classes, h_z_given_x=h,
                                                h_z_given_x_method=method, k=k)
         m = metrics.get(epoch, {})

@@ -9,7 +9,8 @@ Information Bottlenecks":
 * ``LinearDecoder`` -- the K×10 linear unit (7.2, 7.3).
 * ``CategoricalDecoder`` -- the over-parameterised C–1024–1024–10 ReLU decoder (7.1).
 * ``IBModel``       -- encoder, latent Z (continuous with optional zero-entropy noise,
-  or categorical) and decoder; draws S stochastic samples of Z per input.
+  categorical, or the Gaussian of the Deep Variational IB baseline) and
+  decoder; draws S stochastic samples of Z per input.
 
 Mixed precision: every module computes in ``dtype`` and keeps float32
 parameters; BatchNorm statistics are reduced in float32, and ``IBModel``
@@ -31,9 +32,15 @@ import jax.numpy as jnp
 from ibjax.losses import add_zero_entropy_noise
 
 ENCODERS = ("mlp", "dropout_cnn", "resnet18")
-LATENTS = ("continuous", "categorical")
+LATENTS = ("continuous", "categorical", "vib")
 DECODERS = ("linear", "categorical_mlp")
 DTYPES = ("float32", "bfloat16")
+
+# VIB scale σ = softplus(s − 5) + 1e-6 of the encoder output s: the shift of
+# Alemi et al. (2016) starts σ near softplus(−5) ≈ 0.0067, a nearly
+# deterministic encoder; the floor keeps log σ finite where softplus underflows.
+VIB_SCALE_SHIFT: float = 5.0
+VIB_MIN_SCALE: float = 1e-6
 
 # Encoders with Dropout are stochastic: p_Θ(z|x) is sampled through the Dropout mask.
 _STOCHASTIC_ENCODERS = frozenset({"dropout_cnn"})
@@ -113,26 +120,38 @@ class DropoutCNN(nn.Module):
     features: int = 128
     dtype: Any = jnp.float32
 
-    @nn.compact
+    def setup(self) -> None:
+        conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding="VALID", dtype=self.dtype,
+                                 param_dtype=jnp.float32)
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
+        self.conv1 = conv(32)
+        self.conv2 = conv(64)
+        self.fc1 = dense(128)
+        self.fc2 = dense(self.features)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+
+    def trunk(self, x: jax.Array) -> jax.Array:
+        """The deterministic convolutions up to the first Dropout: ``[B, 12, 12, 64]`` for MNIST."""
+        _check_rank(x, 4, "DropoutCNN", "[batch, height, width, channels]")
+        h = nn.relu(self.conv1(x.astype(self.dtype)))
+        h = nn.relu(self.conv2(h))
+        return nn.max_pool(h, window_shape=(2, 2), strides=(2, 2))
+
+    def head(self, h: jax.Array, *, train: bool) -> jax.Array:
+        """Dropout(0.25), dense 128, ReLU, Dropout(0.5), dense K: the stochastic part."""
+        h = self.dropout1(h, deterministic=not train)
+        h = h.reshape(h.shape[0], -1)
+        h = nn.relu(self.fc1(h))
+        h = self.dropout2(h, deterministic=not train)
+        return self.fc2(h)
+
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Maps images ``[B, H, W, C]`` to ``[B, features]``; Dropout is on iff ``train``.
 
         In train mode the 'dropout' RNG stream is required.
         """
-        _check_rank(x, 4, "DropoutCNN", "[batch, height, width, channels]")
-        conv = functools.partial(
-            nn.Conv, kernel_size=(3, 3), padding="VALID", dtype=self.dtype,
-            param_dtype=jnp.float32,
-        )
-        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
-        h = nn.relu(conv(32, name="conv1")(x.astype(self.dtype)))
-        h = nn.relu(conv(64, name="conv2")(h))
-        h = nn.max_pool(h, window_shape=(2, 2), strides=(2, 2))
-        h = nn.Dropout(0.25, deterministic=not train, name="dropout1")(h)
-        h = h.reshape(h.shape[0], -1)
-        h = nn.relu(dense(128, name="fc1")(h))
-        h = nn.Dropout(0.5, deterministic=not train, name="dropout2")(h)
-        return dense(self.features, name="fc2")(h)
+        return self.head(self.trunk(x), train=train)
 
 
 class BasicBlock(nn.Module):
@@ -325,6 +344,15 @@ class IBModel(nn.Module):
     on eye(C) to give the decoder matrix log p_Θ(ŷ|z), and
     log p_Θ(ŷ|x) = logsumexp_z [log p_Θ(z|x) + log p_Θ(ŷ|z)].
 
+    Gaussian Z of the Deep Variational IB (``latent='vib'``, Alemi et al.,
+    2016): the encoder has 2K outputs s; the first K are the mean μ(x), the
+    last K give the scale σ(x) = softplus(s − 5) + 1e-6
+    (:data:`VIB_SCALE_SHIFT`, :data:`VIB_MIN_SCALE`), and
+    Z = μ(x) + σ(x) ⊙ ε with ε ~ N(0, I) from the 'noise' stream, by the
+    reparameterisation trick. Z is stochastic by definition, so it is sampled
+    in train and eval mode alike; ``noise`` must be False (the encoder's own
+    noise replaces the zero-entropy noise).
+
     Sampling: ``num_samples`` = S samples of Z are stacked on a leading axis.
     The Dropout encoder ('dropout_cnn') in train mode is run S times under
     ``nn.vmap`` with shared parameters and one 'dropout' key per sample, so each
@@ -345,9 +373,9 @@ class IBModel(nn.Module):
       latent_dim: K for a continuous latent, C (number of categories) for a
         categorical one.
       num_classes: number of classes of Y.
-      latent: 'continuous' or 'categorical'.
+      latent: 'continuous', 'categorical' or 'vib'.
       noise: add zero-entropy noise to a continuous Z (must be False for a
-        categorical Z).
+        categorical or VIB Z).
       decoder: 'linear' (latent_dim×num_classes linear unit) or
         'categorical_mlp' (latent_dim–1024–1024–num_classes ReLU network of
         section 7.1; on a continuous Z it is applied to the samples of Z).
@@ -383,16 +411,23 @@ class IBModel(nn.Module):
                 "`noise=True` adds zero-entropy Gaussian noise to a continuous latent; "
                 "it is not defined for `latent='categorical'`."
             )
+        if self.noise and self.latent == "vib":
+            raise ValueError(
+                "`noise=True` adds zero-entropy Gaussian noise, but `latent='vib'` already samples "
+                "Z = μ(x) + σ(x)·ε from its Gaussian encoder; set `noise=False`."
+            )
         _check_widths("encoder_hidden", self.encoder_hidden)
         _check_widths("decoder_hidden", self.decoder_hidden)
         super().__post_init__()
 
     def _make_encoder(self, dtype: Any) -> nn.Module:
+        # A VIB encoder outputs the mean and the (pre-softplus) scale of p(z|x).
+        width = 2 * self.latent_dim if self.latent == "vib" else self.latent_dim
         if self.encoder == "mlp":
-            return MLPEncoder(self.latent_dim, self.encoder_hidden, dtype=dtype, name="encoder")
+            return MLPEncoder(width, self.encoder_hidden, dtype=dtype, name="encoder")
         if self.encoder == "dropout_cnn":
-            return DropoutCNN(self.latent_dim, dtype=dtype, name="encoder")
-        return ResNet18(self.latent_dim, dtype=dtype, name="encoder")
+            return DropoutCNN(width, dtype=dtype, name="encoder")
+        return ResNet18(width, dtype=dtype, name="encoder")
 
     def _make_decoder(self, dtype: Any) -> nn.Module:
         if self.decoder == "linear":
@@ -412,6 +447,9 @@ class IBModel(nn.Module):
         Returns:
           Continuous Z: ``z`` ``[S, B, K]`` (after the noise, if any) and
           ``logits`` ``[S, B, num_classes]`` of p_Θ(ŷ|z), both float32.
+          VIB Z: ``z``, ``z_mean`` (μ) and ``z_scale`` (σ), each
+          ``[S, B, K]``, and ``logits`` ``[S, B, num_classes]``, all float32;
+          the 'noise' RNG is required.
           Categorical Z: ``z_log_probs`` ``[S, B, C]`` = log p_Θ(z|x),
           ``decoder_log_probs`` ``[C, num_classes]`` = log p_Θ(ŷ|z) and
           ``logits`` ``[S, B, num_classes]`` = log p_Θ(ŷ|x), all float32.
@@ -425,14 +463,16 @@ class IBModel(nn.Module):
         decoder = self._make_decoder(dtype)
 
         if train and self.encoder in _STOCHASTIC_ENCODERS:
+            # The convolutions before the first Dropout are deterministic: run
+            # them once and draw the S Dropout samples of the head only.
             sample_encoder = nn.vmap(
-                lambda module, inputs: module(inputs, train=True),
+                lambda module, inputs: module.head(inputs, train=True),
                 variable_axes={"params": None},
                 split_rngs={"params": False, "dropout": True},
                 in_axes=None,
                 axis_size=num_samples,
             )
-            outputs = sample_encoder(encoder, x).astype(jnp.float32)
+            outputs = sample_encoder(encoder, encoder.trunk(x)).astype(jnp.float32)
         else:
             outputs = encoder(x, train=train).astype(jnp.float32)
             outputs = jnp.broadcast_to(outputs, (num_samples, *outputs.shape))
@@ -442,6 +482,13 @@ class IBModel(nn.Module):
             if self.noise:
                 z = add_zero_entropy_noise(self.make_rng("noise"), z)
             return {"z": z, "logits": decoder(z).astype(jnp.float32)}
+
+        if self.latent == "vib":
+            z_mean, raw_scale = jnp.split(outputs, 2, axis=-1)
+            z_scale = jax.nn.softplus(raw_scale - VIB_SCALE_SHIFT) + VIB_MIN_SCALE
+            epsilon = jax.random.normal(self.make_rng("noise"), z_mean.shape, jnp.float32)
+            z = z_mean + z_scale * epsilon
+            return {"z": z, "z_mean": z_mean, "z_scale": z_scale, "logits": decoder(z).astype(jnp.float32)}
 
         z_log_probs = jax.nn.log_softmax(outputs, axis=-1)
         codes = jnp.eye(self.latent_dim, dtype=dtype)

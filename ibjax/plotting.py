@@ -59,7 +59,11 @@ _OBJECTIVE_SYMBOLS = {
     "prediction_cross_entropy": r"$H_\Theta[Y|X]$",
     "decoder_uncertainty": r"$H[Y|Z]$",
 }
-# metrics.jsonl key, legend label, colour of each curve in Fig 3.
+# metrics.jsonl key, legend label, colour of each curve in Fig 3. For a
+# categorical latent the training loop also logs exact values over the whole
+# training set in eval mode (``train_exact_*``, the same pass that gives
+# H[Y|Z]); they are preferred so the three curves describe the same model.
+_EXACT_PREFIX = "train_exact_"
 _CROSS_ENTROPY_METRICS = (
     ("train_decoder_cross_entropy", r"Decoder Cross-Entropy $H_\Theta[Y|Z]$", "C0"),
     ("train_prediction_cross_entropy", r"Prediction Cross-Entropy $H_\Theta[Y|X]$", "C1"),
@@ -360,7 +364,9 @@ def plot_cross_entropy_curves(runs: Sequence[Run]) -> Figure:
                 ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="0.5")
                 continue
             for key, label, color in _CROSS_ENTROPY_METRICS:
-                curve = _quartile_curve(group, key)
+                exact = key.replace("train_", _EXACT_PREFIX, 1)
+                has_exact = all(exact in r for run in group for r in run.metrics)
+                curve = _quartile_curve(group, exact if has_exact else key)
                 if curve is None:
                     continue
                 epochs, low, median, high = curve

@@ -583,7 +583,7 @@ def train_and_evaluate(
         jax.distributed.initialize()
     mesh = make_mesh()
     configlib.validate(config, num_devices=mesh.size)
-    workdir = Path(workdir)
+    workdir = Path(workdir).absolute()  # Orbax needs absolute paths
     gammas = tuple(float(g) for g in config.population.gammas)
     population = bool(gammas)
     members = [member_config(config, g) for g in gammas] if population else [config]

@@ -189,3 +189,14 @@ def test_real_mnist_idx_mlp_above_90_percent(tmp_path):
     config.train.progress_bar = False
     record = train.train_and_evaluate(config, tmp_path / "run")
     assert record["test_accuracy"] > 0.9
+
+
+def test_quick_start_command_with_a_relative_workdir(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", str(ROOT / "configs" / "digits_condvar.py"),
+         "--workdir", "runs/digits", "--config.train.num_epochs=2"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "epoch   2 |" in result.stdout
+    assert (tmp_path / "runs" / "digits" / "checkpoints" / "2").is_dir()
