@@ -46,9 +46,11 @@ __all__ = [
     "categorical_decoder_cross_entropy",
     "decoder_cross_entropy",
     "conditional_log_variance",
+    "crop_and_flip",
     "random_crop_flip",
     "load_flax_mlp_categorical",
     "build",
+    "training_loss",
     "make_train_step",
 ]
 
@@ -178,16 +180,26 @@ def conditional_log_variance(z: torch.Tensor, labels: torch.Tensor, num_classes:
     return torch.sum(p_y * 0.5 * torch.sum(_LOG_2PIE + torch.log(variances + eps), dim=-1))
 
 
-def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
-    """Zero-pad, random H×W crop and random horizontal flip of a batch ``[B, H, W, C]``."""
+def crop_and_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int = 4) -> torch.Tensor:
+    """``out[b] = flip_b(pad(images[b])[dy_b : dy_b + H, dx_b : dx_b + W])`` for a batch ``[B, H, W, C]``.
+
+    ``pad`` adds ``padding`` zero pixels on each side; ``offsets`` ``[B, 2]`` are
+    ``(dy, dx)`` in ``[0, 2·padding]``; ``flips`` ``[B]`` bool mirrors left-right.
+    """
     batch, height, width, _ = images.shape
     padded = F.pad(images, (0, 0, padding, padding, padding, padding))
-    offsets = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator)
-    flips = torch.rand(batch, generator=generator) < 0.5
     rows = offsets[:, :1] + torch.arange(height)
     cols = torch.arange(width).expand(batch, -1)
     cols = torch.where(flips[:, None], cols.flip(-1), cols) + offsets[:, 1:]
     return padded[torch.arange(batch)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """CIFAR augmentation: :func:`crop_and_flip` at uniform offsets, each example flipped with probability ½."""
+    batch = images.shape[0]
+    offsets = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator)
+    flips = torch.rand(batch, generator=generator) < 0.5
+    return crop_and_flip(images, offsets, flips, padding)
 
 
 def load_flax_mlp_categorical(model: MLPCategorical, params) -> MLPCategorical:
@@ -221,10 +233,33 @@ def build(config: ml_collections.ConfigDict) -> nn.Module:
     )
 
 
-def _loss(config, model, x, labels, generator, autocast: bool) -> torch.Tensor:
-    """The training loss; the networks run under ``autocast``, the loss terms in float32."""
+def training_loss(config: ml_collections.ConfigDict, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                  generator: torch.Generator, memory_format: torch.memory_format = torch.contiguous_format
+                  ) -> torch.Tensor:
+    """The training loss of a batch, as ibjax's train step computes it for ``config``.
+
+    Normalises the uint8 batch, augments it if ``config.data.augment``, runs
+    the networks (under bfloat16 CPU autocast if ``config.dtype`` is
+    'bfloat16') and computes the loss terms in float32.
+
+    Args:
+      config: the ibjax experiment config the model was built from (:func:`build`).
+      model: the model :func:`build` returned, in train mode.
+      images: uint8 ``[B, H, W, C]``.
+      labels: int64 ``[B]``.
+      generator: draws the augmentation and the zero-entropy noise.
+      memory_format: layout of the image batch handed to the network.
+
+    Returns:
+      The scalar loss.
+    """
     m, objective = config.model, config.objective
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    mean, std = (torch.tensor(v) for v in NORMALIZATION[config.data.name])
+    x = (images.float() / 255.0 - mean) / std
+    if config.data.augment:
+        x = random_crop_flip(x, generator)
+    x = x.permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.dtype == "bfloat16"):
         if m.latent == "categorical":
             z_log_probs, decoder_log_probs = model(x)
             return categorical_decoder_cross_entropy(z_log_probs, decoder_log_probs, labels).mean()
@@ -272,17 +307,10 @@ def make_train_step(config: ml_collections.ConfigDict, images: np.ndarray, label
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.learning_rate, foreach=True)
     data = torch.from_numpy(np.ascontiguousarray(images))
     targets = torch.from_numpy(np.asarray(labels, np.int64))
-    mean, std = (torch.tensor(v) for v in NORMALIZATION[config.data.name])
-    augment = config.data.augment
-    autocast = config.dtype == "bfloat16"
 
     def step(batch_idx: np.ndarray) -> torch.Tensor:
         idx = torch.from_numpy(np.asarray(batch_idx, np.int64))
-        x = (data[idx].float() / 255.0 - mean) / std
-        if augment:
-            x = random_crop_flip(x, generator)
-        x = x.permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
-        loss = _loss(config, model, x, targets[idx], generator, autocast)
+        loss = training_loss(config, model, data[idx], targets[idx], generator, memory_format)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

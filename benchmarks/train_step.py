@@ -148,41 +148,66 @@ class Result:
 # --------------------------------------------------------------------------
 
 
-def time_steps(run: Callable[[int], None], *, steps: int | None, repeats: int, warmup: int = 2,
-               min_repeat_seconds: float = 1.0, max_steps: int = 200) -> tuple[list[float], int]:
-    """Seconds per step of each of ``repeats`` repeats of ``run(steps)``.
+@dataclasses.dataclass
+class Runner:
+    """A prepared implementation of a row, ready to be timed.
 
-    ``run(n)`` must take n steps and block until their results are ready.
-    ``warmup`` steps run first. ``steps=None`` picks the number of steps so
-    that a repeat lasts at least ``min_repeat_seconds`` (at most
-    ``max_steps``), from the time of the last warm-up step.
+    Attributes:
+      run: ``run(n)`` takes n training steps and blocks until their results are ready.
+      examples_per_step: examples one step trains on (summed over population members).
+      setup_seconds: compile time (JAX: lower + compile) or first-step time (eager).
+      flops_per_example: XLA's FLOPs of one step per example, or None.
+      check: called after timing; raises if the steps went wrong (NaN/Inf).
+    """
+
+    run: Callable[[int], None]
+    examples_per_step: int
+    setup_seconds: float
+    flops_per_example: float | None = None
+    check: Callable[[], None] = lambda: None
+
+
+def measure(runners: Sequence[Runner], *, steps: int | None, repeats: int, warmup: int = 2,
+            min_repeat_seconds: float = 1.0, max_steps: int = 200) -> list[Timing]:
+    """Times ``runners`` side by side: their repeats are interleaved, so load on the machine hits all alike.
+
+    Each runner first takes ``warmup`` untimed steps (at least 1; just 1 if
+    that one lasts ``min_repeat_seconds``). ``steps=None`` gives each runner
+    enough steps for a repeat of at least ``min_repeat_seconds`` (at most
+    ``max_steps``), from the time of its last warm-up step. Then ``repeats``
+    rounds each time one repeat of every runner, in alternating order; a
+    repeat's time is divided by its steps.
 
     Returns:
-      (seconds per step of each repeat, steps per repeat).
+      One :class:`Timing` per runner, with the median seconds per step.
     """
     if repeats < 1:
         raise ValueError(f"`repeats` must be >= 1; got {repeats}.")
     if steps is not None and steps < 1:
         raise ValueError(f"`steps` must be >= 1 or None (automatic); got {steps}.")
-    last = math.inf
-    for _ in range(max(warmup, 1 if steps is None else 0)):
-        start = time.perf_counter()
-        run(1)
-        last = time.perf_counter() - start
-    if steps is None:
-        steps = int(min(max_steps, max(1, math.ceil(min_repeat_seconds / last))))
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(steps)
-        seconds.append((time.perf_counter() - start) / steps)
-    return seconds, steps
-
-
-def _timing(seconds: list[float], steps: int, examples_per_step: int, setup_seconds: float,
-            flops_per_example: float | None = None) -> Timing:
-    median = statistics.median(seconds)
-    return Timing(examples_per_step / median, median, seconds, steps, setup_seconds, flops_per_example)
+    counts = []
+    for runner in runners:
+        for _ in range(max(warmup, 1)):
+            start = time.perf_counter()
+            runner.run(1)
+            last = time.perf_counter() - start
+            if last >= min_repeat_seconds:
+                break  # a step this long amortises any first-call cost already
+        counts.append(steps or int(min(max_steps, max(1, math.ceil(min_repeat_seconds / last)))))
+    seconds: list[list[float]] = [[] for _ in runners]
+    for round_ in range(repeats):
+        order = range(len(runners)) if round_ % 2 == 0 else reversed(range(len(runners)))
+        for k in order:
+            start = time.perf_counter()
+            runners[k].run(counts[k])
+            seconds[k].append((time.perf_counter() - start) / counts[k])
+    timings = []
+    for runner, per_step, count in zip(runners, seconds, counts):
+        runner.check()
+        median = statistics.median(per_step)
+        timings.append(Timing(runner.examples_per_step / median, median, per_step, count,
+                              runner.setup_seconds, runner.flops_per_example))
+    return timings
 
 
 def row_config(row: Row) -> ml_collections.ConfigDict:
@@ -207,9 +232,14 @@ def batch_indices(num_images: int, batch_size: int, count: int = 8, seed: int = 
     return np.stack([rng.permutation(num_images)[:batch_size] for _ in range(count)]).astype(np.int32)
 
 
-def _flops(compiled) -> float | None:
-    """Total 'flops' of XLA's cost analysis (a dict, or a list of per-module dicts)."""
-    analysis = compiled.cost_analysis()
+def _flops(lowered, compiled, num_devices: int) -> float | None:
+    """FLOPs of one step from XLA's cost analysis ('flops' of a dict, or summed over a list of dicts).
+
+    On one device this is the compiled step's analysis. A step compiled for
+    several devices is analysed per device, so there the analysis of the
+    lowered, not yet partitioned, step gives the FLOPs of the whole batch.
+    """
+    analysis = (compiled if num_devices == 1 else lowered).cost_analysis()
     parts = analysis if isinstance(analysis, (list, tuple)) else [analysis]
     flops = [part.get("flops") for part in parts if part]
     return float(sum(flops)) if flops and all(f is not None and f >= 0 for f in flops) else None
@@ -225,7 +255,11 @@ def peak_flops(device: jax.Device, dtype: str) -> float | None:
 
 
 def _compiled_step(config: ml_collections.ConfigDict, members: int, data, seed: int):
-    """Builds, initialises and compiles the train step; returns (compiled, state, totals, args, seconds)."""
+    """Builds, initialises and compiles the train step.
+
+    Returns:
+      (compiled step, state, totals, (images, labels, rng, gamma), lower + compile seconds, FLOPs per step).
+    """
     mesh = train.make_mesh()
     model = models.create_model(ml_collections.ConfigDict({**config.model.to_dict(), "dtype": config.dtype}), 10)
     tx = train.make_optimizer(config, steps_per_epoch=100)
@@ -245,8 +279,10 @@ def _compiled_step(config: ml_collections.ConfigDict, members: int, data, seed: 
     step = train.make_train_step(model, tx, config, 10, mesh, population=bool(members))
     example_idx = jax.device_put(jnp.zeros((config.train.batch_size,), jnp.int32), NamedSharding(mesh, P("data")))
     start = time.perf_counter()
-    compiled = step.lower(state, totals, images, labels, example_idx, rng, gamma).compile()
-    return compiled, state, totals, (images, labels, rng, gamma), time.perf_counter() - start
+    lowered = step.lower(state, totals, images, labels, example_idx, rng, gamma)
+    compiled = lowered.compile()
+    seconds = time.perf_counter() - start
+    return compiled, state, totals, (images, labels, rng, gamma), seconds, _flops(lowered, compiled, mesh.size)
 
 
 def _device_batches(config, num_images: int, seed: int) -> list[jax.Array]:
@@ -254,12 +290,11 @@ def _device_batches(config, num_images: int, seed: int) -> list[jax.Array]:
     return [jax.device_put(b, sharding) for b in batch_indices(num_images, config.train.batch_size, seed=seed)]
 
 
-def benchmark_ibjax(row: Row, *, steps: int | None = None, repeats: int = 5, num_images: int = 4096,
-                    seed: int = 0, min_repeat_seconds: float = 1.0) -> Timing:
-    """Times ibjax's compiled train step on ``row`` (a population of ``row.members`` if > 0)."""
+def prepare_ibjax(row: Row, *, num_images: int = 4096, seed: int = 0) -> Runner:
+    """ibjax's compiled train step on ``row`` (one vmapped step of ``row.members`` members if > 0)."""
     config = row_config(row)
     data = synthetic_data(row, num_images, seed)
-    compiled, state, totals, (images, labels, rng, gamma), compile_seconds = _compiled_step(
+    compiled, state, totals, (images, labels, rng, gamma), compile_seconds, flops = _compiled_step(
         config, row.members, data, seed)
     batches = _device_batches(config, num_images, seed)
     i = 0
@@ -271,21 +306,18 @@ def benchmark_ibjax(row: Row, *, steps: int | None = None, repeats: int = 5, num
             i += 1
         jax.block_until_ready((state, totals))
 
-    seconds, steps = time_steps(run, steps=steps, repeats=repeats, min_repeat_seconds=min_repeat_seconds)
     examples = config.train.batch_size * max(row.members, 1)
-    flops = _flops(compiled)
-    _check_healthy(totals, row)
-    return _timing(seconds, steps, examples, compile_seconds, None if flops is None else flops / examples)
+    return Runner(run, examples, compile_seconds, None if flops is None else flops / examples,
+                  lambda: _check_healthy(totals, row))
 
 
-def benchmark_sequential(row: Row, *, steps: int | None = None, repeats: int = 5, num_images: int = 4096,
-                         seed: int = 0, min_repeat_seconds: float = 1.0) -> Timing:
-    """Times G = ``row.members`` single-model steps taken one after another, as G separate runs would."""
+def prepare_sequential(row: Row, *, num_images: int = 4096, seed: int = 0) -> Runner:
+    """G = ``row.members`` single-model steps taken one after another, as G separate runs would."""
     if row.members < 1:
         raise ValueError(f"`row.members` must be >= 1 for a sequential population; got {row.members}.")
     config = row_config(row)
     data = synthetic_data(row, num_images, seed)
-    compiled, state, totals, (images, labels, rng, gamma), compile_seconds = _compiled_step(config, 0, data, seed)
+    compiled, state, totals, (images, labels, rng, gamma), compile_seconds, _ = _compiled_step(config, 0, data, seed)
     # Each member owns its buffers: the step donates them.
     states = [state] + [jax.tree.map(jnp.copy, state) for _ in range(row.members - 1)]
     all_totals = [totals] + [jax.tree.map(jnp.copy, totals) for _ in range(row.members - 1)]
@@ -301,11 +333,11 @@ def benchmark_sequential(row: Row, *, steps: int | None = None, repeats: int = 5
             i += 1
         jax.block_until_ready((states, all_totals))
 
-    seconds, steps = time_steps(run, steps=steps, repeats=repeats, min_repeat_seconds=min_repeat_seconds)
-    for member_totals in all_totals:
-        _check_healthy(member_totals, row)
-    examples = config.train.batch_size * row.members
-    return _timing(seconds, steps, examples, compile_seconds)
+    def check() -> None:
+        for member_totals in all_totals:
+            _check_healthy(member_totals, row)
+
+    return Runner(run, config.train.batch_size * row.members, compile_seconds, check=check)
 
 
 def _check_healthy(totals, row: Row) -> None:
@@ -315,9 +347,8 @@ def _check_healthy(totals, row: Row) -> None:
         raise FloatingPointError(f"row {row.name}: a step produced NaN/Inf (bad_step={bad.tolist()}).")
 
 
-def benchmark_torch(row: Row, *, steps: int | None = None, repeats: int = 5, num_images: int = 4096,
-                    seed: int = 0, min_repeat_seconds: float = 1.0, threads: int | None = None) -> Timing:
-    """Times the eager PyTorch reference of ``row`` with ``threads`` intra-op threads (default: usable cores)."""
+def prepare_torch(row: Row, *, num_images: int = 4096, seed: int = 0, threads: int | None = None) -> Runner:
+    """The eager PyTorch reference of ``row`` with ``threads`` intra-op threads (default: usable cores)."""
     import torch
 
     from benchmarks import torch_reference
@@ -327,11 +358,11 @@ def benchmark_torch(row: Row, *, steps: int | None = None, repeats: int = 5, num
     images, labels = synthetic_data(row, num_images, seed)
     step = torch_reference.make_train_step(config, images, labels, seed=seed)
     batches = batch_indices(num_images, config.train.batch_size, seed=seed)
-    i = 0
-    start = time.perf_counter()
-    step(batches[0])
-    first_step = time.perf_counter() - start
     losses = []
+    start = time.perf_counter()
+    losses.append(step(batches[0]))
+    first_step = time.perf_counter() - start
+    i = 1
 
     def run(n: int) -> None:
         nonlocal i
@@ -339,10 +370,11 @@ def benchmark_torch(row: Row, *, steps: int | None = None, repeats: int = 5, num
             losses.append(step(batches[i % len(batches)]))
             i += 1
 
-    seconds, steps = time_steps(run, steps=steps, repeats=repeats, warmup=1, min_repeat_seconds=min_repeat_seconds)
-    if not all(math.isfinite(float(loss)) for loss in losses):
-        raise FloatingPointError(f"row {row.name}: the PyTorch reference produced a non-finite loss.")
-    return _timing(seconds, steps, config.train.batch_size, first_step)
+    def check() -> None:
+        if not all(math.isfinite(float(loss)) for loss in losses):
+            raise FloatingPointError(f"row {row.name}: the PyTorch reference produced a non-finite loss.")
+
+    return Runner(run, config.train.batch_size, first_step, check=check)
 
 
 def usable_cores() -> int:
@@ -355,13 +387,16 @@ def usable_cores() -> int:
 
 def run_row(row: Row | str, *, steps: int | None = None, repeats: int = 5, with_torch: bool = False,
             num_images: int = 4096, seed: int = 0, min_repeat_seconds: float = 1.0) -> Result:
-    """Benchmarks one row: ibjax, and PyTorch (single-model rows, ``with_torch``) or G sequential steps.
+    """Benchmarks one row: ibjax side by side with PyTorch (``with_torch``) or, for a population, G sequential steps.
+
+    The two implementations are prepared first and their repeats interleaved
+    (see :func:`measure`).
 
     Args:
       row: a :class:`Row` or the name of one in :data:`ROWS`.
       steps: steps per repeat; None picks enough for ``min_repeat_seconds``.
       repeats: timed repeats; the median is reported.
-      with_torch: also time the PyTorch reference (single-model rows).
+      with_torch: also time the PyTorch reference (single-model rows; needs torch).
       num_images: size of the synthetic data set on the device.
       seed: seeds the data, the batches and the parameters.
       min_repeat_seconds: the shortest repeat ``steps=None`` aims for.
@@ -373,13 +408,18 @@ def run_row(row: Row | str, *, steps: int | None = None, repeats: int = 5, with_
         if row not in ROWS:
             raise ValueError(f"`row` must be one of {tuple(ROWS)}; got {row!r}.")
         row = ROWS[row]
-    options = dict(steps=steps, repeats=repeats, num_images=num_images, seed=seed,
-                   min_repeat_seconds=min_repeat_seconds)
-    result = Result(row, benchmark_ibjax(row, **options))
+    runners = [prepare_ibjax(row, num_images=num_images, seed=seed)]
     if row.members:
-        result.sequential = benchmark_sequential(row, **options)
+        runners.append(prepare_sequential(row, num_images=num_images, seed=seed))
     elif with_torch:
-        result.torch = benchmark_torch(row, **options)
+        runners.append(prepare_torch(row, num_images=num_images, seed=seed))
+    timings = measure(runners, steps=steps, repeats=repeats, min_repeat_seconds=min_repeat_seconds)
+    result = Result(row, timings[0])
+    if len(timings) > 1:
+        if row.members:
+            result.sequential = timings[1]
+        else:
+            result.torch = timings[1]
     peak = peak_flops(jax.devices()[0], row.dtype)
     if peak is not None and result.ibjax.flops_per_example is not None:
         result.mfu = result.ibjax.flops_per_example * result.ibjax.examples_per_sec / (peak * len(jax.devices()))

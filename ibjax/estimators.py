@@ -18,7 +18,7 @@ masked. The neighbours are exact:
 
 1. Squared Euclidean distances are matrix-multiply shaped,
    ‖q‖² + ‖x‖² − 2 q·x, in float32 on centred data. Each is shifted down by a
-   rigorous bound on its float32 rounding error, (2d + 16) u (‖q‖² + ‖x‖²)
+   rigorous bound on its float32 rounding error, about (2d + 16) u (‖q‖² + ‖x‖²)
    with u = 2⁻²⁴, so it is a *lower bound* of the true squared distance.
 2. Columns are cut into groups of 16; the ``k + 2`` groups with the smallest
    lower bound are the candidates, and the candidates' distances are
@@ -31,9 +31,9 @@ masked. The neighbours are exact:
    directly for all its pairs instead (``jax.lax.cond``), so the answer never
    depends on matmul rounding.
 
-The k-th of a row's values is taken from the k groups with the smallest
-minimum: they contain the row's k smallest values, so ``jax.lax.top_k`` runs
-over N/16 group minima rather than N values.
+Selecting whole groups keeps ``jax.lax.top_k`` cheap: it runs over N/16 group
+minima rather than N values, and the k groups with the smallest minima
+always contain a row's k smallest values (used by the direct path and by KSG).
 
 Duplicates
 ----------
@@ -46,8 +46,9 @@ to opt in to ``jitter``: Gaussian noise of standard deviation
 ``jitter × RMS(x − mean x)`` drawn from ``rng``. Kraskov et al. (2004) advise
 relative amplitudes near 1e-10, but the distances here are float32, where
 noise below about 1e-7 of a coordinate's magnitude is rounded away, so use
-``jitter`` of 1e-6 to 1e-5. Jitter lowers the estimate by roughly
-d · log(1/jitter) / N per duplicated point.
+``jitter`` of 1e-6 to 1e-5. A duplicated point then contributes about
+(d/N) log(jitter) to the entropy, so the estimate depends on the jitter chosen:
+report it with the result.
 
 References
 ----------
@@ -80,7 +81,7 @@ __all__ = [
 
 #: Query rows per block when ``block_size=None`` (tuned on a 2-core CPU for
 #: N = 20,000, d = 100; smaller N uses smaller blocks).
-DEFAULT_BLOCK_SIZE: int = 512
+DEFAULT_BLOCK_SIZE: int = 128
 
 # Columns per group of the two-stage k-th-smallest selection.
 _GROUP = 16
@@ -157,25 +158,27 @@ def _check_jitter(jitter, rng) -> float:
 # --------------------------------------------------------------------------
 
 
-def _centred_float32(x) -> jax.Array:
-    """``x − mean(x)`` as float32; centred in the input's own precision first.
+def _centred(x, name: str) -> np.ndarray:
+    """``x − mean(x)`` as a float32 host array, centred in float64 before the cast.
 
-    Entropies and mutual information are translation invariant, and centring
-    keeps ‖x‖² (and so the matmul rounding) as small as the spread allows.
+    Entropies and mutual information are translation invariant; centring first
+    spends no float32 digits on a common offset and keeps ‖x‖² (and so the
+    matmul rounding) as small as the spread allows. The preparation is on the
+    host so that classes of different sizes compile nothing.
     """
-    if isinstance(x, np.ndarray):
-        x = np.asarray(x, np.float64)
-        return jnp.asarray(x - x.mean(axis=0), jnp.float32)
-    x = jnp.asarray(x, jnp.float32)
-    return x - jnp.mean(x, axis=0)
+    x = np.asarray(x, np.float64)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} must be finite; it has {np.count_nonzero(~np.isfinite(x))} NaN or inf entries")
+    return (x - x.mean(axis=0)).astype(np.float32)
 
 
-def _add_jitter(x: jax.Array, jitter: float, rng) -> jax.Array:
+def _jittered(x: np.ndarray, jitter: float, rng) -> np.ndarray:
+    """``x`` plus N(0, (jitter · RMS(x))²) noise; ``x`` itself when jitter is 0."""
     if jitter == 0:
         return x
-    scale = jnp.sqrt(jnp.mean(jnp.square(x)))
-    scale = jnp.where(scale > 0, scale, 1.0)
-    return x + jitter * scale * jax.random.normal(rng, x.shape, x.dtype)
+    scale = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) or 1.0
+    noise = np.asarray(jax.random.normal(rng, x.shape, jnp.float32))
+    return (x + jitter * scale * noise).astype(np.float32)
 
 
 def _round_up(a: int, m: int) -> int:
@@ -190,8 +193,8 @@ def _layout(n: int, n_devices: int, block_size: int | None) -> tuple[int, int]:
     return block_size, padded
 
 
-def _pad_rows(x: jax.Array, padded: int) -> jax.Array:
-    return jnp.pad(x, ((0, padded - x.shape[0]), (0, 0)))
+def _pad_rows(x: np.ndarray, padded: int) -> np.ndarray:
+    return np.pad(x, ((0, padded - x.shape[0]), (0, 0)))
 
 
 # --------------------------------------------------------------------------
@@ -279,9 +282,11 @@ def _kth_sq_distance_block(q, rows, x, xx, n, *, k: int) -> jax.Array:
     num_groups = x.shape[0] // _GROUP
     neighbour = _is_neighbour(rows[:, None], jnp.arange(x.shape[0])[None, :], n)
     sq_distance = functools.partial(_distances, norm="sqeuclidean")
-    # (1 - beta) (|q|^2 + |x|^2) - 2 q.x <= |q - x|^2: beta bounds the relative
-    # float32 error of the matmul form (dot products of length d, three adds).
-    beta = (2 * d + 16) * _U
+    # (1 - beta) (|q|^2 + |x|^2) - 2 q.x <= |q - x|^2: beta bounds the float32
+    # error of the matmul form relative to |q|^2 + |x|^2: gamma_d = d u / (1 - d u)
+    # for each length-d sum (norms; the dot product, as |q.x| <= (|q|^2 + |x|^2) / 2)
+    # and a few u for the adds and scalings.
+    beta = 2 * d * _U / (1 - d * _U) + 16 * _U
     lower = (1 - beta) * xx[None, :] - 2 * jnp.dot(q, x.T, precision=jax.lax.Precision.HIGHEST)
     num = min(k + _EXTRA_GROUPS, num_groups)
     groups, minima = _smallest_groups(jnp.where(neighbour, lower, jnp.inf), num)
@@ -333,21 +338,18 @@ def _padded_knn_log_distances(x: jax.Array, n: jax.Array, *, k: int, block: int,
     return 0.5 * jnp.log(_map_blocks(fn, mesh, block, x, xx, n))
 
 
-def _knn_log_distances(
-    x: jax.Array, k: int, block_size: int | None = None, mesh: Mesh | None = None
-) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("k", "block_size", "mesh"))
+def _knn_log_distances(x: jax.Array, k: int, block_size: int | None, mesh: Mesh) -> jax.Array:
     """log of the Euclidean distance from each point to its k-th nearest other point.
 
-    A pure function of float32 ``x`` [N, d] (usable under ``jax.jit``): ``[N]``,
-    −∞ where that distance is 0. One compilation per (padded N, d, k, block).
+    A pure, jitted function of float32 ``x`` [N, d] (usable under an outer
+    ``jax.jit``): ``[N]``, −∞ where that distance is 0. One compilation per
+    (N, d, k, block_size, mesh).
     """
-    mesh = _check_devices(None) if mesh is None else mesh
     n = x.shape[0]
     block, padded = _layout(n, mesh.devices.size, block_size)
-    out = _padded_knn_log_distances(
-        _pad_rows(x, padded), jnp.int32(n), k=k, block=block, mesh=mesh
-    )
-    return out[:n]
+    x = jnp.pad(x, ((0, padded - n), (0, 0)))
+    return _padded_knn_log_distances(x, jnp.int32(n), k=k, block=block, mesh=mesh)[:n]
 
 
 def _ksg_block(q, rows, z, n, *, dim_x: int, k: int):
@@ -428,7 +430,8 @@ def knn_entropy(
         \\qquad V_d = \\frac{\\pi^{d/2}}{\\Gamma(d/2 + 1)},
 
     with ε_i the Euclidean distance from x_i to its k-th nearest other sample
-    and V_d the volume of the unit d-ball (Kraskov et al. 2004, eq. 20).
+    and V_d the volume of the unit d-ball (Kozachenko & Leonenko 1987, in the
+    form of Kraskov et al. 2004 with ε_i a radius rather than a diameter).
 
     Method: exact neighbours by blocked, matmul-shaped distances in float32
     (see the module docstring), O(block_size × N) memory, split over
@@ -480,7 +483,7 @@ def knn_entropy(
     block_size = _check_block_size(block_size)
     mesh = _check_devices(devices)
     jitter = _check_jitter(jitter, rng)
-    x = _add_jitter(_centred_float32(x), jitter, rng)
+    x = _jittered(_centred(x, "x"), jitter, rng)
     log_eps = np.asarray(_knn_log_distances(x, k, block_size, mesh))
     _check_no_duplicates(np.isneginf(log_eps), k, "x")
     return jnp.asarray(_kl_entropy(log_eps, d, k), jnp.float32)
@@ -562,15 +565,13 @@ def knn_conditional_entropy(
             raise ValueError(
                 f"class {label} of labels has {count} points; each class needs more than k = {k}"
             )
-    x = _add_jitter(_centred_float32(x), jitter, rng)
+    x = _jittered(_centred(x, "x"), jitter, rng)
     block, padded = _layout(int(counts.max()), mesh.devices.size, block_size)
     total = 0.0
     for label, count in zip(classes, counts):
-        xc = _centred_float32(x[np.flatnonzero(labels == label)])
+        xc = _pad_rows(_centred(x[labels == label], "x"), padded)
         log_eps = np.asarray(
-            _padded_knn_log_distances(
-                _pad_rows(xc, padded), jnp.int32(count), k=k, block=block, mesh=mesh
-            )
+            _padded_knn_log_distances(xc, np.int32(count), k=k, block=block, mesh=mesh)
         )[:count]
         _check_no_duplicates(np.isneginf(log_eps), k, f"class {label} of x")
         total += count / n * _kl_entropy(log_eps, d, k)
@@ -597,7 +598,7 @@ def ksg_mutual_information(
     max(‖x − x'‖_∞, ‖y − y'‖_∞) in the joint space. ε_i/2 is the joint
     distance from z_i = (x_i, y_i) to its k-th nearest other point, and n_x(i)
     (n_y(i)) counts the points j ≠ i with ‖x_i − x_j‖_∞ < ε_i/2 (strictly), as
-    in Kraskov et al. (2004), eq. 8.
+    in Kraskov et al. (2004), algorithm 1.
 
     Method: exact, blocked max-norm distances in float32 (O(block_size × N)
     memory), split over ``devices``; the digamma average is taken in float64 on
@@ -642,15 +643,13 @@ def ksg_mutual_information(
     block_size = _check_block_size(block_size)
     mesh = _check_devices(devices)
     jitter = _check_jitter(jitter, rng)
-    x, y = _centred_float32(x), _centred_float32(y)
+    x, y = _centred(x, "x"), _centred(y, "y")
     if jitter:
         rng_x, rng_y = jax.random.split(rng)
-        x, y = _add_jitter(x, jitter, rng_x), _add_jitter(y, jitter, rng_y)
+        x, y = _jittered(x, jitter, rng_x), _jittered(y, jitter, rng_y)
     block, padded = _layout(n, mesh.devices.size, block_size)
-    z = _pad_rows(jnp.concatenate([x, y], axis=1), padded)
-    eps, n_x, n_y = _padded_ksg_counts(
-        z, jnp.int32(n), dim_x=dim_x, k=k, block=block, mesh=mesh
-    )
+    z = _pad_rows(np.concatenate([x, y], axis=1), padded)
+    eps, n_x, n_y = _padded_ksg_counts(z, np.int32(n), dim_x=dim_x, k=k, block=block, mesh=mesh)
     _check_no_duplicates(np.asarray(eps[:n]) == 0, k, "the joint space of (x, y)")
     n_x, n_y = np.asarray(n_x[:n]), np.asarray(n_y[:n])
     mi = (

@@ -38,7 +38,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ibjax.io import find_run_dirs, read_jsonl
+from ibjax.io import read_jsonl
 
 FIGURES = ("information_plane", "entropies", "cross_entropies", "entropy_cap")
 

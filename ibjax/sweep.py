@@ -32,24 +32,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
-import sys
-import threading
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
+from ibjax import analysis, plotting, train
 from ibjax import config as configlib
-from ibjax import plotting, train
 from ibjax.io import atomic_write_text, read_jsonl
 from ibjax.losses import REGULARIZERS
 
 __all__ = [
     "MANIFEST_NAME",
-    "RUN_STATUSES",
     "RunSpec",
     "default_gammas",
     "expand_grid",
@@ -59,9 +57,6 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "sweep.json"
-
-#: Statuses of a manifest entry. Only ``done`` is final; the others are tried again.
-RUN_STATUSES: tuple[str, ...] = ("pending", "running", "done", "failed", "preempted")
 
 # Fields that may differ from a workdir's stored config without making it another run.
 _IGNORED_FIELDS = ("train.progress_bar",)
@@ -105,12 +100,13 @@ def expand_grid(
 ) -> list[RunSpec]:
     """The runs of a sweep: every (regulariser, γ, seed), in that nesting order.
 
-    Workdirs are ``{regulariser}/gamma{γ:g}/seed{seed}``. The regulariser
-    ``none`` ignores γ, so it contributes one baseline run per seed with
-    γ = 0 instead of one per γ. With ``population=True`` each (regulariser,
-    seed) is one run ``{regulariser}/population/seed{seed}`` training a
-    member per γ in one vmapped step (``config.population.gammas``); its
-    members ``memberNN_gammaG`` are the runs the analysis reads.
+    Workdirs are ``{regulariser}/gamma{γ:g}/seed{seed}``. With
+    ``population=True`` each (regulariser, seed) is one run
+    ``{regulariser}/population/seed{seed}`` training a member per γ in one
+    vmapped step (``config.population.gammas``); its members
+    ``memberNN_gammaG`` are the runs the analysis reads. The regulariser
+    ``none`` ignores γ, so it contributes one plain baseline run per seed
+    with γ = 0 instead of one per γ, in either mode.
 
     Args:
       base_config: the experiment config every run starts from; its own
@@ -140,15 +136,16 @@ def expand_grid(
             raise ValueError(f"`{name}` must hold at least one value.")
         _unique(name, values)
     for g in gammas:
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
+        if isinstance(g, bool) or not isinstance(g, numbers.Real) or not math.isfinite(g) or g < 0:
             raise ValueError(f"`gammas` must be non-negative finite numbers; got {g!r}.")
     for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
             raise ValueError(f"`seeds` must be non-negative integers; got {s!r}.")
     for r in regularizers:
         if r not in REGULARIZERS:
             raise ValueError(f"`regularizers` must each be one of {REGULARIZERS}; got {r!r}.")
     gammas = tuple(float(g) for g in gammas)
+    seeds = tuple(int(s) for s in seeds)
     # Workdir names print γ with %g; two values that print alike would share a workdir.
     _unique("gammas (as printed with %g in workdir names)", [f"{g:g}" for g in gammas])
 
@@ -157,7 +154,7 @@ def expand_grid(
         # γ multiplies a zero regulariser: one baseline run, not len(gammas) identical ones.
         grid_gammas = (0.0,) if regularizer == "none" else gammas
         for seed in seeds:
-            overrides = {"objective.regularizer": regularizer, "seed": int(seed)}
+            overrides = {"objective.regularizer": regularizer, "seed": seed}
             if population and regularizer != "none":
                 name = f"{regularizer}/population/seed{seed}"
                 overrides["population.gammas"] = list(grid_gammas)
@@ -265,34 +262,6 @@ def _finished(workdir: Path, config, members: Sequence[tuple[str, float]], sweep
     return True
 
 
-class _StopRequests:
-    """SIGTERM/SIGINT between runs: finish the bookkeeping, start nothing new (a second SIGINT aborts).
-
-    While a run trains, :func:`ibjax.train.train_and_evaluate` installs its
-    own handlers (a mid-epoch checkpoint) and restores these afterwards.
-    """
-
-    def __init__(self):
-        self.signal = None
-
-    def __enter__(self):
-        self._previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
-        print(f"\n{self.signal} received: the sweep stops before its next step.", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def _describe(result: dict[str, Any]) -> str:
     if not result:
         return "nothing left to train"
@@ -345,10 +314,6 @@ def run_sweep(
         anything is written).
       ibjax.train.WorkdirError: another live process runs this sweep.
     """
-    import jax
-
-    from ibjax import analysis
-
     sweep_dir = Path(sweep_dir)
     _unique("specs (run names)", [spec.name for spec in specs])
     for spec in specs:
@@ -357,7 +322,7 @@ def run_sweep(
             configlib.validate(spec.config, num_devices=jax.device_count())
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    with train.WorkdirLock(sweep_dir), _StopRequests() as stop:
+    with train.WorkdirLock(sweep_dir), train.StopRequests("the sweep stops before its next step.") as stop:
         manifest = _merge(load_manifest(sweep_dir), base_config, specs)
         save_manifest(sweep_dir, manifest)
 
@@ -369,16 +334,20 @@ def run_sweep(
             if stop.signal is not None:
                 break
             entry.pop("error", None)
-            if _finished(sweep_dir / spec.name, spec.config, spec.members, sweep_dir, allow_num_epochs_change):
-                if entry["status"] != "done":
-                    entry["status"] = "done"
-                    save_manifest(sweep_dir, manifest)
-                say(index, spec, "already done, skipped")
-                continue
-            say(index, spec, "...")
-            entry["status"] = "running"
-            save_manifest(sweep_dir, manifest)
             try:
+                if _finished(sweep_dir / spec.name, spec.config, spec.members, sweep_dir, allow_num_epochs_change):
+                    if entry["status"] != "done":
+                        entry["status"] = "done"
+                        save_manifest(sweep_dir, manifest)
+                    say(index, spec, "already done, skipped")
+                    continue
+                say(index, spec, "...")
+                # Training changes the checkpoints, so an earlier analysis no longer stands.
+                for record in [entry, *entry.get("members", [])]:
+                    record.pop("analysis", None)
+                    record.pop("analysis_error", None)
+                entry["status"] = "running"
+                save_manifest(sweep_dir, manifest)
                 result = train.train_and_evaluate(spec.config, sweep_dir / spec.name,
                                                   allow_num_epochs_change=allow_num_epochs_change)
             except Exception as error:  # noqa: BLE001 -- one failed run must not end the sweep
@@ -386,6 +355,8 @@ def run_sweep(
                 save_manifest(sweep_dir, manifest)
                 say(index, spec, f"failed: {entry['error']}")
                 continue
+            if result.get("signal") and not result.get("preempted"):
+                stop.signal = result["signal"]  # the run finished, but a stop was asked for
             if result.get("preempted"):
                 entry["status"] = "preempted"
                 stop.signal = result["signal"]

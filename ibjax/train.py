@@ -53,6 +53,7 @@ __all__ = [
     "WorkdirError",
     "NonFiniteError",
     "WorkdirLock",
+    "StopRequests",
     "train_step_fn",
     "make_mesh",
     "make_optimizer",
@@ -402,11 +403,16 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-class _StopRequests:
-    """Turns SIGTERM/SIGINT into a flag the loop checks between steps (a second SIGINT aborts)."""
+class StopRequests:
+    """Turns SIGTERM/SIGINT into a flag checked between steps or runs (a second SIGINT aborts).
 
-    def __init__(self):
+    Args:
+      message: printed when the first signal arrives.
+    """
+
+    def __init__(self, message: str = "finishing the current step and saving a checkpoint."):
         self.signal = None
+        self.message = message
 
     def __enter__(self):
         self._previous = {}
@@ -419,7 +425,7 @@ class _StopRequests:
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
-        print(f"\n{self.signal} received: finishing the current step and saving a checkpoint.", file=sys.stderr, flush=True)
+        print(f"\n{self.signal} received: {self.message}", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -594,7 +600,7 @@ def train_and_evaluate(
             _check_workdir(directory, member, allow_num_epochs_change)
     dataset = load_data(config)
 
-    with WorkdirLock(workdir), _StopRequests() as stop:
+    with WorkdirLock(workdir), StopRequests() as stop:
         _claim_workdir(workdir, config)
         for member, directory in zip(members, member_dirs):
             _claim_workdir(directory, member)
@@ -738,28 +744,42 @@ def _run(config, workdir, mesh, dataset, gammas, members, member_dirs, stop, sto
                 print(("" if not population else f"[γ={gammas[i]:g}] ") + _summary_line(record), flush=True)
                 records.append(record)
 
-            if epoch % config.checkpoint.every_epochs == 0 or epoch == num_epochs or epoch == stop_after_epoch:
+            # A signal that arrived after the epoch's last step stops here, with
+            # the epoch checkpointed.
+            stopping = stop.signal is not None and epoch < num_epochs
+            if (epoch % config.checkpoint.every_epochs == 0 or epoch == num_epochs or epoch == stop_after_epoch
+                    or stopping):
                 for i, (manager, member) in enumerate(zip(managers, members)):
                     meta = {"epoch": epoch, "config": configlib.to_dict(member), "metrics": records[i]}
                     manager.save(epoch, args=ocp.args.Composite(
                         state=ocp.args.StandardSave(member_of(state, i)), meta=ocp.args.JsonSave(meta)))
                 last_saved = epoch
             _clear_preempted(workdir)
+            if stopping:
+                return {"preempted": True, "epoch": epoch, "step_in_epoch": steps_per_epoch, "signal": stop.signal}
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 break
         if not records:
             return {}
-        return dict(records[0], members=records) if population else records[0]
+        result = dict(records[0], members=records) if population else dict(records[0])
+        if stop.signal is not None:
+            result["signal"] = stop.signal  # finished anyway; callers (sweeps) should still stop
+        return result
 
 
 
 def _summary_line(record: dict) -> str:
+    # A categorical run also has exact train-set values (eval mode, and with
+    # the optimal decoder when it minimises H[Y|Z]); show those when present.
+    def train(name):
+        return record.get(f"train_exact_{name}", record[f"train_{name}"])
+
     parts = [
         f"epoch {record['epoch']:3d}",
-        f"train acc {record['train_accuracy']:.4f}",
+        f"train acc {train('accuracy'):.4f}",
         f"test acc {record['test_accuracy']:.4f}",
-        f"H_Θ[Y|Z] {record['train_decoder_cross_entropy']:.4f}",
-        f"H_Θ[Y|X] {record['train_prediction_cross_entropy']:.4f}",
+        f"H_Θ[Y|Z] {train('decoder_cross_entropy'):.4f}",
+        f"H_Θ[Y|X] {train('prediction_cross_entropy'):.4f}",
     ]
     if "train_decoder_uncertainty" in record:
         parts.append(f"H[Y|Z] {record['train_decoder_uncertainty']:.4f}")

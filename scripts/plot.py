@@ -14,6 +14,7 @@ import pathlib
 from absl import app, flags
 
 from ibjax import plotting
+from ibjax.io import find_run_dirs, read_jsonl
 
 _WORKDIR = flags.DEFINE_multi_string("workdir", None, "Run or sweep directory; repeatable.")
 _FIGURE = flags.DEFINE_enum("figure", "all", ["all", *plotting.FIGURES], "Figure to draw.")
@@ -29,8 +30,8 @@ def main(argv: list[str]) -> None:
     workdirs = _WORKDIR.value or []
     if not workdirs and not _ENTROPY_CAP_FILE.value:
         raise app.UsageError("Give at least one --workdir or an --entropy_cap_file.")
-    runs = [plotting.load_run(d) for d in plotting.find_run_dirs(workdirs)]
-    entropy_cap_records = plotting.read_jsonl(_ENTROPY_CAP_FILE.value) if _ENTROPY_CAP_FILE.value else []
+    runs = [plotting.load_run(d) for d in find_run_dirs(workdirs)]
+    entropy_cap_records = read_jsonl(_ENTROPY_CAP_FILE.value) if _ENTROPY_CAP_FILE.value else []
 
     if _FIGURE.value == "all":
         names = plotting.supported_figures(runs, entropy_cap_records)

@@ -102,6 +102,7 @@ def test_kth_smallest_counts_ties():
         (2000, 3, 1),
         (1000, 10, 4),
         (600, 100, 3),  # the certified matmul path
+        (5, 2, 4),  # k = N - 1: every other point is a neighbour
     ],
 )
 def test_knn_entropy_matches_ckdtree(n, d, k):
@@ -139,9 +140,9 @@ def test_knn_conditional_entropy_matches_ckdtree():
     assert got == pytest.approx(ref_conditional_entropy(x, labels, 3), rel=1e-4)
 
 
-@pytest.mark.parametrize("dx, dy, k", [(1, 1, 3), (2, 3, 2)])
+@pytest.mark.parametrize("dx, dy, k", [(1, 1, 3), (2, 3, 2), (18, 2, 3)])
 def test_ksg_matches_ckdtree(dx, dy, k):
-    z = gaussian(1500, correlated_cov(dx + dy), seed=dx)
+    z = gaussian(1500 if dx + dy < 10 else 600, correlated_cov(dx + dy), seed=dx)
     x, y = z[:, :dx], z[:, dx:]
     assert float(E.ksg_mutual_information(x, y, k)) == pytest.approx(ref_ksg(x, y, k), rel=1e-4)
 
@@ -209,7 +210,8 @@ def test_device_count_does_not_change_result():
 def test_knn_log_distances_under_jit():
     x = jnp.asarray(gaussian(300, correlated_cov(3), seed=6))
     expected = np.log(cKDTree(np.asarray(x, np.float64)).query(np.asarray(x, np.float64), 4)[0][:, 3])
-    got = jax.jit(lambda x: E._knn_log_distances(x, 3))(x)
+    mesh = E._check_devices(None)
+    got = jax.jit(lambda x: E._knn_log_distances(x, 3, None, mesh))(x)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
@@ -271,6 +273,8 @@ X = np.zeros((10, 2), np.float32)
         (lambda: E.knn_entropy(np.zeros((10, 2), np.int32)), TypeError, "x must have a floating dtype"),
         (lambda: E.knn_entropy([[0.0, 1.0]]), TypeError, "x must be a 2-D float array"),
         (lambda: E.knn_entropy(X[:3], k=3), ValueError, "more than k = 3 points"),
+        (lambda: E.knn_entropy(np.full((10, 2), np.nan, np.float32)), ValueError, "x must be finite"),
+        (lambda: E.ksg_mutual_information(X, np.full((10, 1), np.inf)), ValueError, "y must be finite"),
         (lambda: E.knn_entropy(X, k=0), ValueError, "k must be an integer >= 1"),
         (lambda: E.knn_entropy(X, k=1.5), ValueError, "k must be an integer >= 1"),
         (lambda: E.knn_entropy(X, k=True), ValueError, "k must be an integer >= 1"),

@@ -13,6 +13,7 @@ from matplotlib import colors as mcolors
 from matplotlib import image as mimage
 
 from ibjax import plotting
+from ibjax.io import find_run_dirs, read_jsonl
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 H_Y = math.log(10.0)
@@ -152,7 +153,7 @@ def entropy_cap_records():
 
 
 def _load(root):
-    return [plotting.load_run(d) for d in plotting.find_run_dirs([root])]
+    return [plotting.load_run(d) for d in find_run_dirs([root])]
 
 
 def _assert_rendered(stem: pathlib.Path):
@@ -172,7 +173,7 @@ def _assert_rendered(stem: pathlib.Path):
 def test_read_jsonl_skips_trailing_blank_line(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"epoch": 0, "x": 1.5}\n{"epoch": 1, "x": NaN}\n\n')
-    records = plotting.read_jsonl(path)
+    records = read_jsonl(path)
     assert [r["epoch"] for r in records] == [0, 1]
     assert records[0]["x"] == 1.5 and math.isnan(records[1]["x"])
 
@@ -181,10 +182,10 @@ def test_read_jsonl_malformed_line_names_file_and_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 0}\n{"epoch": 1}\n{"epoch": 2, "x": \n')
     with pytest.raises(ValueError, match=rf"{path}:3: malformed JSON line"):
-        plotting.read_jsonl(path)
+        read_jsonl(path)
     path.write_text('{"epoch": 0}\n[1, 2]\n')
     with pytest.raises(ValueError, match=rf"{path}:2: expected a JSON object, got list"):
-        plotting.read_jsonl(path)
+        read_jsonl(path)
 
 
 def test_load_run_without_information_plane(tmp_path):
@@ -199,13 +200,13 @@ def test_load_run_without_information_plane(tmp_path):
 
 
 def test_find_run_dirs_expands_sweeps(gamma_sweep, tmp_path):
-    run_dirs = plotting.find_run_dirs([gamma_sweep, gamma_sweep / "l2_gamma0.1" / "seed0"])
+    run_dirs = find_run_dirs([gamma_sweep, gamma_sweep / "l2_gamma0.1" / "seed0"])
     assert len(run_dirs) == len(SEEDS) * (len(REGULARIZERS) * len(GAMMAS) + 1)
     assert len(set(run_dirs)) == len(run_dirs)
     with pytest.raises(ValueError, match="holds no metrics.jsonl"):
-        plotting.find_run_dirs([tmp_path])
+        find_run_dirs([tmp_path])
     with pytest.raises(FileNotFoundError, match="not a directory"):
-        plotting.find_run_dirs([tmp_path / "missing"])
+        find_run_dirs([tmp_path / "missing"])
 
 
 def test_supported_figures(gamma_sweep, categorical_sweep, entropy_cap_records):

@@ -203,36 +203,48 @@ def to_np(tree):
     return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
 
 
+def init_and_apply(model, x):
+    """Jitted ``init`` and ``apply(variables, x, train, num_samples, noise_seed)``."""
+    variables = jax.jit(lambda x: model.init(rngs(), x, train=False, num_samples=1))(x)
+
+    @jax.jit(static_argnames=("train", "num_samples"))
+    def apply(variables, x, train, num_samples, seed):
+        keys = {"dropout": jax.random.key(seed + 100), "noise": jax.random.key(seed)}
+        return model.apply(variables, x, train=train, num_samples=num_samples, rngs=keys)
+
+    return variables, apply
+
+
 @pytest.mark.parametrize("encoder,shape", [("mlp", (3, 8, 8, 1)), ("dropout_cnn", (3, 12, 12, 1))])
-@pytest.mark.parametrize("train", [False, True])
-def test_vib_latent_shapes_and_parameters(encoder, shape, train):
+def test_vib_latent_shapes_and_parameters(encoder, shape):
     s, k, c = 4, 5, 3
     model = models.IBModel(encoder, k, c, latent="vib", encoder_hidden=(16,))
     x = images(shape)
-    variables = model.init(rngs(), x, train=False, num_samples=1)
-    out = model.apply(variables, x, train=train, num_samples=s, rngs=rngs(1))
-    assert {key: v.shape for key, v in out.items()} == {
-        "z": (s, 3, k), "z_mean": (s, 3, k), "z_scale": (s, 3, k), "logits": (s, 3, c)}
-    assert all(v.dtype == jnp.float32 for v in out.values())
+    variables, apply = init_and_apply(model, x)
     assert sorted(variables["params"]) == ["decoder", "encoder"]
     last = "output" if encoder == "mlp" else "fc2"
     assert variables["params"]["encoder"][last]["kernel"].shape[-1] == 2 * k
     assert variables["params"]["decoder"]["output"]["kernel"].shape == (k, c)
-    assert np.all(np.asarray(out["z_scale"]) > 0)
     p = to_np(variables["params"]["decoder"]["output"])
-    np.testing.assert_allclose(out["logits"], np.asarray(out["z"], np.float64) @ p["kernel"] + p["bias"],
-                               rtol=1e-5, atol=1e-6)
+    for train_mode in (False, True):
+        out = apply(variables, x, train_mode, s, 1)
+        assert {key: v.shape for key, v in out.items()} == {
+            "z": (s, 3, k), "z_mean": (s, 3, k), "z_scale": (s, 3, k), "logits": (s, 3, c)}
+        assert all(v.dtype == jnp.float32 for v in out.values())
+        assert np.all(np.asarray(out["z_scale"]) > 0)
+        np.testing.assert_allclose(out["logits"], np.asarray(out["z"], np.float64) @ p["kernel"] + p["bias"],
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_vib_mean_and_scale_match_numpy_and_noise_has_that_scale():
     s, k = 400, 6
     model = models.IBModel("mlp", k, 3, latent="vib", encoder_hidden=(16,))
     x = images((5, 8, 8, 1), seed=1)
-    variables = model.init(rngs(), x, train=False, num_samples=1)
+    variables, apply = init_and_apply(model, x)
     # Larger raw scales than at initialisation, so σ is far from its floor.
     params = jax.tree_util.tree_map(lambda a: a, variables["params"])
     params["encoder"]["output"]["bias"] = params["encoder"]["output"]["bias"].at[k:].set(5.0)
-    out = model.apply({"params": params}, x, train=False, num_samples=s, rngs={"noise": jax.random.key(2)})
+    out = apply({"params": params}, x, False, s, 2)
     mean, scale = np_mlp_vib(x, to_np(params)["encoder"], k)
     for i in range(s):
         np.testing.assert_allclose(out["z_mean"][i], mean, rtol=1e-5, atol=1e-6)
@@ -247,11 +259,9 @@ def test_vib_mean_and_scale_match_numpy_and_noise_has_that_scale():
 def test_vib_latent_is_stochastic_in_eval_and_train():
     model = models.IBModel("mlp", 4, 3, latent="vib", encoder_hidden=(8,))
     x = images((2, 8, 8, 1))
-    variables = model.init(rngs(), x, train=False, num_samples=1)
+    variables, apply = init_and_apply(model, x)
     for train_mode in (False, True):
-        a = model.apply(variables, x, train=train_mode, num_samples=2, rngs={"noise": jax.random.key(0)})
-        b = model.apply(variables, x, train=train_mode, num_samples=2, rngs={"noise": jax.random.key(1)})
-        again = model.apply(variables, x, train=train_mode, num_samples=2, rngs={"noise": jax.random.key(0)})
+        a, b, again = (apply(variables, x, train_mode, 2, seed) for seed in (0, 1, 0))
         assert not np.allclose(a["z"], b["z"])
         assert not np.allclose(a["z"][0], a["z"][1])
         np.testing.assert_array_equal(a["z"], again["z"])

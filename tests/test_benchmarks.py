@@ -1,0 +1,243 @@
+"""Tests of the throughput harness (benchmarks/train_step.py) and its PyTorch reference."""
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import train_step as bench  # noqa: E402
+from ibjax import data as datalib  # noqa: E402
+from ibjax import information, losses, models, train  # noqa: E402
+
+
+# ------------------------------------------------------------------ harness
+
+
+def test_mlp_row_gives_positive_finite_throughput_and_compile_time():
+    result = bench.run_row("mlp_categorical", steps=1, repeats=2, num_images=256)
+    timing = result.ibjax
+    assert result.row.batch_size == 128 and result.torch is None and result.sequential is None
+    assert math.isfinite(timing.examples_per_sec) and timing.examples_per_sec > 0
+    assert math.isfinite(timing.setup_seconds) and timing.setup_seconds > 0
+    assert timing.steps == 1 and len(timing.repeat_seconds) == 2
+    assert timing.examples_per_sec == pytest.approx(128 / timing.step_seconds)
+    # Matmul FLOPs of one step per example, by hand: the encoder 784–1024–1024–100 per
+    # example, the decoder 100–1024–1024–10 on the 100 one-hot codes once per batch of
+    # 128; forward 2·MACs, weight gradients 2·MACs, input gradients 2·MACs except for
+    # the first layer (its input is data).
+    encoder = [(784, 1024), (1024, 1024), (1024, 100)]
+    decoder = [(100, 1024), (1024, 1024), (1024, 10)]
+
+    def matmul_flops(layers, rows):
+        macs = [rows * a * b for a, b in layers]
+        return 2 * sum(macs) * 2 + 2 * sum(macs[1:])
+
+    expected = matmul_flops(encoder, 1) + matmul_flops(decoder, 100) / 128
+    assert expected <= timing.flops_per_example <= 1.1 * expected
+    assert result.mfu is None  # no peak FLOP/s for a CPU
+
+
+def test_measure_interleaves_runners_and_reports_the_median():
+    calls = []
+
+    def fake(name, seconds_per_step):
+        def run(n):
+            calls.append((name, n))
+            time.sleep(n * seconds_per_step)
+        return bench.Runner(run, examples_per_step=10, setup_seconds=0.5, flops_per_example=7.0)
+
+    timings = bench.measure([fake("a", 0.002), fake("b", 0.02)], steps=None, repeats=3, warmup=2,
+                            min_repeat_seconds=0.04)
+    warm = [("a", 1), ("a", 1), ("b", 1), ("b", 1)]
+    assert calls[:4] == warm
+    steps_a, steps_b = timings[0].steps, timings[1].steps
+    assert steps_a >= 10 and steps_b == 2  # ceil(0.04 / seconds of a warm-up step)
+    assert [name for name, _ in calls[4:]] == ["a", "b", "b", "a", "a", "b"]
+    assert all(n == (steps_a if name == "a" else steps_b) for name, n in calls[4:])
+    for timing, seconds in zip(timings, (0.002, 0.02)):
+        assert timing.step_seconds == sorted(timing.repeat_seconds)[1]
+        assert seconds <= timing.step_seconds < 3 * seconds
+        assert timing.examples_per_sec == pytest.approx(10 / timing.step_seconds)
+        assert timing.flops_per_example == 7.0 and timing.setup_seconds == 0.5
+
+
+def test_measure_rejects_bad_counts():
+    runner = bench.Runner(lambda n: None, 1, 0.0)
+    with pytest.raises(ValueError, match="`repeats`"):
+        bench.measure([runner], steps=1, repeats=0)
+    with pytest.raises(ValueError, match="`steps`"):
+        bench.measure([runner], steps=0, repeats=1)
+
+
+def test_run_row_and_flags_name_the_valid_rows():
+    with pytest.raises(ValueError, match="mlp_categorical"):
+        bench.run_row("resnet50")
+    with pytest.raises(SystemExit):
+        bench._parse(["--rows", "mlp_categorical,resnet50"])
+    args = bench._parse(["--rows", "all", "--no_torch", "--steps", "3"])
+    assert args.rows == list(bench.ROWS) and args.torch is False and args.steps == 3
+    assert "resnet18_b512_f32" not in bench._parse([]).rows  # the CPU default
+
+
+class _Device:
+    def __init__(self, kind):
+        self.device_kind = kind
+
+
+def test_peak_flops_by_device_kind():
+    assert bench.peak_flops(_Device("NVIDIA H100 80GB HBM3"), "bfloat16") == 989e12
+    assert bench.peak_flops(_Device("NVIDIA H100 PCIe"), "float32") == 378e12
+    assert bench.peak_flops(_Device("TPU v5 lite"), "bfloat16") == 197e12
+    assert bench.peak_flops(_Device("cpu"), "float32") is None
+
+
+def test_report_keeps_notes_below_the_marker(tmp_path):
+    timing = bench.Timing(1000.0, 0.128, [0.128], 4, 2.5, 1.6e7)
+    results = [bench.Result(bench.ROWS["mlp_categorical"], timing, torch=bench.Timing(500.0, 0.256, [0.256], 2, 1.0)),
+               bench.Result(bench.ROWS["population_g4"], timing, sequential=bench.Timing(800.0, 0.64, [0.64], 1, 2.0))]
+    report = bench.format_report(results, "python benchmarks/train_step.py", with_torch=False)
+    assert "| mlp_categorical |" in report and "| 2.00 |" in report  # ibjax / PyTorch
+    assert "| population_g4 | 4 |" in report and "| 1.25 |" in report  # vmapped / sequential
+    path = tmp_path / "RESULTS.md"
+    bench.write_report(path, report)
+    path.write_text(path.read_text() + "\n## Findings\nkeep me\n")
+    bench.write_report(path, report.replace("1000.0", "999.0"))
+    text = path.read_text()
+    assert "999.0" in text and "1000.0" not in text and text.endswith("## Findings\nkeep me\n")
+    assert text.count(bench.NOTES_MARKER) == 1
+
+
+# ------------------------------------------------------------------ PyTorch reference
+
+
+def _small_mlp_config():
+    config = bench.row_config(bench.ROWS["mlp_categorical"])
+    config.model.encoder_hidden = (64, 48)
+    config.model.latent_dim = 12
+    config.model.decoder_hidden = (40, 32)
+    return config
+
+
+def test_torch_mlp_loss_equals_the_ibjax_train_step_loss_on_the_same_weights():
+    torch = pytest.importorskip("torch")
+    from benchmarks import torch_reference
+
+    config = _small_mlp_config()
+    images, labels = bench.synthetic_data(bench.ROWS["mlp_categorical"], num_images=64, seed=3)
+    mesh = train.make_mesh()
+    model = models.create_model(ml_collections.ConfigDict({**config.model.to_dict(), "dtype": "float32"}), 10)
+    tx = train.make_optimizer(config, 10)
+    state = train.create_train_state(jax.random.key(0), model, tx, images.shape[1:])
+    params = jax.device_get(state.params)
+    batch = np.arange(5, 37, dtype=np.int32)
+    step = train.make_train_step(model, tx, config, 10, mesh)
+    _, totals = step(state, train.zero_totals(config), jnp.asarray(images), jnp.asarray(labels),
+                     jnp.asarray(batch), jax.random.key(1), jnp.float32(0.0))
+    ibjax_loss = float(totals["loss"])  # one step: the loss before its update
+
+    reference = torch_reference.load_flax_mlp_categorical(torch_reference.build(config), params).train()
+    with torch.no_grad():
+        torch_loss = torch_reference.training_loss(
+            config, reference, torch.from_numpy(images[batch]), torch.from_numpy(labels[batch].astype(np.int64)),
+            torch.Generator())
+    assert float(torch_loss) == pytest.approx(ibjax_loss, rel=1e-5)
+
+    # float64 NumPy: Σ_z p(z|x)(−log p(y|z)) of the same network.
+    def mlp(h, layers):
+        for i, name in enumerate(layers):
+            h = h @ np.float64(params_side[name]["kernel"]) + np.float64(params_side[name]["bias"])
+            h = np.maximum(h, 0.0) if i < len(layers) - 1 else h
+        return h
+
+    def log_softmax(a):
+        a = a - a.max(-1, keepdims=True)
+        return a - np.log(np.exp(a).sum(-1, keepdims=True))
+
+    mean, std = datalib.NORMALIZATION["permuted_mnist"]
+    x = ((images[batch].astype(np.float64) / 255.0 - mean[0]) / std[0]).reshape(len(batch), -1)
+    params_side = params["encoder"]
+    z_log_probs = log_softmax(mlp(x, ["hidden_0", "hidden_1", "output"]))
+    params_side = params["decoder"]
+    decoder_log_probs = log_softmax(mlp(np.eye(12), ["hidden_0", "hidden_1", "output"]))
+    expected = np.mean(np.sum(np.exp(z_log_probs) * -decoder_log_probs.T[labels[batch]], axis=1))
+    assert ibjax_loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_torch_categorical_decoder_cross_entropy_by_hand():
+    torch = pytest.importorskip("torch")
+    from benchmarks import torch_reference
+
+    # p(z|x) = (¼, ¾), p(y=0|z) = (1, ½): ¼·(−log 1) + ¾·(−log ½) = ¾ log 2.
+    value = torch_reference.categorical_decoder_cross_entropy(
+        torch.log(torch.tensor([[0.25, 0.75]])), torch.log(torch.tensor([[1.0, 1e-30], [0.5, 0.5]])),
+        torch.tensor([0]))
+    assert float(value[0]) == pytest.approx(0.75 * math.log(2.0), rel=1e-6)
+
+
+def test_torch_losses_equal_ibjax_and_float64_numpy():
+    torch = pytest.importorskip("torch")
+    from benchmarks import torch_reference
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(3, 20, 4)).astype(np.float32)
+    labels = np.array([0, 1, 1, 2, 2, 2, 0, 1, 3, 0, 1, 2, 0, 0, 1, 2, 1, 0, 2, 1])  # class 3 once: left out
+    logits = rng.normal(size=(3, 20, 5)).astype(np.float32)
+
+    flat = z.reshape(-1, 4).astype(np.float64)
+    tiled = np.tile(labels, 3)
+    present = [c for c in range(5) if np.sum(tiled == c) >= 2]
+    weights = np.array([np.sum(tiled == c) for c in present], np.float64)
+    entropies = [0.5 * np.sum(np.log(2 * np.pi * np.e * (np.var(flat[tiled == c], axis=0, ddof=1) + 1e-8)))
+                 for c in present]
+    expected_clv = np.sum(weights / weights.sum() * np.array(entropies))
+    torch_clv = torch_reference.conditional_log_variance(
+        torch.from_numpy(z.reshape(-1, 4)), torch.from_numpy(tiled), 5, 1e-8)
+    ibjax_clv = losses.conditional_log_variance(jnp.asarray(z), jnp.asarray(labels), 5, eps=1e-8)
+    assert float(torch_clv) == pytest.approx(expected_clv, rel=1e-5)
+    assert float(ibjax_clv) == pytest.approx(expected_clv, rel=1e-5)
+
+    log_probs = logits.astype(np.float64) - np.log(np.sum(np.exp(logits.astype(np.float64)), -1, keepdims=True))
+    expected_dce = -np.mean(log_probs[:, np.arange(20), labels], axis=0)
+    torch_dce = torch_reference.decoder_cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
+    np.testing.assert_allclose(torch_dce.numpy(), expected_dce, rtol=1e-5)
+    np.testing.assert_allclose(losses.decoder_cross_entropy(jnp.asarray(logits), jnp.asarray(labels)),
+                               expected_dce, rtol=1e-5)
+
+
+def test_torch_crop_and_flip_equals_ibjax():
+    torch = pytest.importorskip("torch")
+    from benchmarks import torch_reference
+
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(6, 5, 7, 2)).astype(np.float32)
+    offsets = rng.integers(0, 9, (6, 2))
+    flips = np.array([True, False, True, True, False, False])
+    expected = datalib.crop_and_flip(jnp.asarray(images), jnp.asarray(offsets), jnp.asarray(flips), padding=4)
+    got = torch_reference.crop_and_flip(torch.from_numpy(images), torch.from_numpy(offsets), torch.from_numpy(flips))
+    np.testing.assert_array_equal(got.numpy(), np.asarray(expected))
+
+
+@pytest.mark.parametrize("encoder", ["dropout_cnn", "resnet18"])
+def test_torch_encoders_have_the_ibjax_parameter_counts(encoder):
+    torch = pytest.importorskip("torch")
+    from benchmarks import torch_reference
+
+    config = bench.row_config(bench.ROWS["dropout_cnn" if encoder == "dropout_cnn" else "resnet18_b128_f32"])
+    model = models.create_model(config.model, 10)
+    shape = (1, 28, 28, 1) if encoder == "dropout_cnn" else (1, 32, 32, 3)
+    variables = jax.eval_shape(lambda: model.init(
+        {"params": jax.random.key(0), "dropout": jax.random.key(0), "noise": jax.random.key(0)},
+        jnp.zeros(shape), train=False, num_samples=1))
+    reference = torch_reference.build(config)
+    # BatchNorm running statistics are buffers in torch and 'batch_stats' in Flax: neither is counted.
+    assert sum(p.numel() for p in reference.parameters()) == models.count_params(variables["params"])
+    assert isinstance(reference["encoder"], torch.nn.Module)
