@@ -213,8 +213,8 @@ def load_flax_mlp_categorical(model: MLPCategorical, params) -> MLPCategorical:
         if len(linears) != len(names) + 1:
             raise ValueError(f"`params['{side}']` has {len(names) + 1} Dense layers; the torch model has {len(linears)}.")
         for linear, name in zip(linears, [*names, "output"]):
-            linear.weight.data.copy_(torch.from_numpy(np.asarray(params[side][name]["kernel"]).T))
-            linear.bias.data.copy_(torch.from_numpy(np.asarray(params[side][name]["bias"])))
+            linear.weight.data.copy_(torch.tensor(np.asarray(params[side][name]["kernel"]).T))
+            linear.bias.data.copy_(torch.tensor(np.asarray(params[side][name]["bias"])))
     return model
 
 

@@ -265,7 +265,8 @@ def _compiled_step(config: ml_collections.ConfigDict, members: int, data, seed: 
     tx = train.make_optimizer(config, steps_per_epoch=100)
     replicated = NamedSharding(mesh, P())
     images, labels = jax.device_put(data, replicated)
-    state = train.create_train_state(jax.random.key(seed), model, tx, images.shape[1:])
+    # Jitted: op-by-op initialisation of a large model takes longer than compiling it.
+    state = jax.jit(lambda key: train.create_train_state(key, model, tx, images.shape[1:]))(jax.random.key(seed))
     totals = train.zero_totals(config)
     gamma = jnp.asarray(config.objective.gamma, jnp.float32)
     if members:
@@ -386,7 +387,8 @@ def usable_cores() -> int:
 
 
 def run_row(row: Row | str, *, steps: int | None = None, repeats: int = 5, with_torch: bool = False,
-            num_images: int = 4096, seed: int = 0, min_repeat_seconds: float = 1.0) -> Result:
+            num_images: int = 4096, seed: int = 0, min_repeat_seconds: float = 1.0,
+            torch_threads: int | None = None) -> Result:
     """Benchmarks one row: ibjax side by side with PyTorch (``with_torch``) or, for a population, G sequential steps.
 
     The two implementations are prepared first and their repeats interleaved
@@ -400,6 +402,7 @@ def run_row(row: Row | str, *, steps: int | None = None, repeats: int = 5, with_
       num_images: size of the synthetic data set on the device.
       seed: seeds the data, the batches and the parameters.
       min_repeat_seconds: the shortest repeat ``steps=None`` aims for.
+      torch_threads: PyTorch's intra-op threads; default the usable cores.
 
     Returns:
       A :class:`Result`; ``mfu`` is set on devices listed in :data:`PEAK_FLOPS`.
@@ -412,7 +415,7 @@ def run_row(row: Row | str, *, steps: int | None = None, repeats: int = 5, with_
     if row.members:
         runners.append(prepare_sequential(row, num_images=num_images, seed=seed))
     elif with_torch:
-        runners.append(prepare_torch(row, num_images=num_images, seed=seed))
+        runners.append(prepare_torch(row, num_images=num_images, seed=seed, threads=torch_threads))
     timings = measure(runners, steps=steps, repeats=repeats, min_repeat_seconds=min_repeat_seconds)
     result = Result(row, timings[0])
     if len(timings) > 1:
@@ -459,29 +462,51 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def format_report(results: Sequence[Result], command: str, with_torch: bool) -> str:
-    """The Markdown report: machine, versions, command, and one table per kind of row."""
+def _gflops(t: Timing) -> tuple[float | None, float | None]:
+    """(GFLOP per example, achieved GFLOP/s) of a timing."""
+    if t.flops_per_example is None:
+        return None, None
+    return t.flops_per_example / 1e9, t.flops_per_example * t.examples_per_sec / 1e9
+
+
+def _ratio(a: Timing, b: Timing) -> str:
+    """Throughput ratio a / b of the medians, and of the best repeats in parentheses."""
+    return f"{a.examples_per_sec / b.examples_per_sec:.2f} ({min(b.repeat_seconds) / min(a.repeat_seconds):.2f})"
+
+
+def format_report(results: Sequence[Result], command: str, with_torch: bool, torch_threads: int | None = None,
+                  load: Sequence[tuple[float, float, float]] = ()) -> str:
+    """The Markdown report: machine, versions, command, and one table per kind of row.
+
+    ``load`` holds ``os.getloadavg()`` readings (e.g. at the start and the end of the run).
+    """
     device = jax.devices()[0]
+    now = datetime.datetime.now(datetime.timezone.utc)
     lines = [
         "# Training-step throughput",
         "",
-        f"Written by `benchmarks/train_step.py` on {datetime.date.today().isoformat()}.",
+        f"Written by `benchmarks/train_step.py` on {now:%Y-%m-%d %H:%M} UTC.",
         "",
         f"Command: `{command}`",
         "",
         f"* CPU: {_cpu_model()}, {usable_cores()} usable cores (os.cpu_count() = {os.cpu_count()})",
-        f"* JAX devices: {jax.devices()} (device_kind {device.device_kind!r})",
+        f"* JAX devices: {jax.devices()} (device_kind {device.device_kind!r}, backend {jax.default_backend()})",
         f"* XLA_FLAGS: `{os.environ.get('XLA_FLAGS', '')}`",
         f"* Versions: {_versions(with_torch)}",
     ]
     if with_torch:
-        lines.append(f"* PyTorch: eager, torch.set_num_threads({usable_cores()}) (the cores XLA's CPU pool uses)")
+        lines.append(f"* PyTorch: eager, torch.set_num_threads({torch_threads or usable_cores()}); "
+                     f"XLA's CPU thread pool uses the {usable_cores()} usable cores")
+    if load:
+        readings = "; ".join(" / ".join(f"{v:.2f}" for v in reading) for reading in load)
+        lines.append(f"* Load average (1 / 5 / 15 min) at start; end: {readings}")
     lines += [
         "",
-        "Examples/s is the batch size over the median seconds per step of the repeats (after compile and "
-        "warm-up, each repeat ending in `jax.block_until_ready`); ms/step is that median. "
-        "GFLOP/ex is XLA's cost analysis of the compiled step per example; "
-        "MFU is GFLOP/ex × examples/s over the device's dense peak (n/a on CPU).",
+        "ex/s: examples per second, the batch size (times G for a population) over the median seconds per step "
+        "of the repeats; every repeat ends in `jax.block_until_ready` and comes after the compile and warm-up "
+        "steps, and the two implementations of a row alternate repeats. GFLOP/ex: XLA's cost analysis of the "
+        "step per example; GFLOP/s = GFLOP/ex × ex/s; MFU = GFLOP/s over the device's dense peak (n/a on CPU). "
+        "Ratios: of the medians, and in parentheses of the best repeats.",
         "",
     ]
     single = [r for r in results if not r.row.members]
@@ -489,37 +514,36 @@ def format_report(results: Sequence[Result], command: str, with_torch: bool) -> 
         lines += [
             "## Single model: ibjax vs eager PyTorch",
             "",
-            "| row | model | batch | dtype | steps × repeats | ibjax ms/step | ibjax ex/s | compile s | GFLOP/ex | MFU "
-            "| PyTorch ex/s | ibjax / PyTorch |",
-            "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| row | model | batch | dtype | steps × repeats | ibjax ms/step | ibjax ex/s | compile s | GFLOP/ex "
+            "| GFLOP/s | MFU | PyTorch ex/s | ibjax / PyTorch |",
+            "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in single:
             t = r.ibjax
-            gflops = None if t.flops_per_example is None else t.flops_per_example / 1e9
-            torch_rate = None if r.torch is None else r.torch.examples_per_sec
-            ratio = None if r.torch is None else t.examples_per_sec / r.torch.examples_per_sec
+            per_example, rate = _gflops(t)
             lines.append(
                 f"| {r.row.name} | {r.row.description} | {r.row.batch_size} | {r.row.dtype} | "
                 f"{t.steps} × {len(t.repeat_seconds)} | {t.step_seconds * 1e3:.1f} | {t.examples_per_sec:.1f} | "
-                f"{t.setup_seconds:.1f} | {_fmt(gflops, '.3f')} | {_fmt(r.mfu, '.1%')} | "
-                f"{_fmt(torch_rate, '.1f')} | {_fmt(ratio, '.2f')} |")
+                f"{t.setup_seconds:.1f} | {_fmt(per_example, '.3f')} | {_fmt(rate, '.1f')} | {_fmt(r.mfu, '.1%')} | "
+                f"{_fmt(None if r.torch is None else r.torch.examples_per_sec, '.1f')} | "
+                f"{'n/a' if r.torch is None else _ratio(t, r.torch)} |")
         lines += ["", "CPU target: ibjax / PyTorch ≥ 1 on every row.", ""]
     population = [r for r in results if r.row.members]
     if population:
         lines += [
             "## Population: G members of the MLP row in one vmapped step vs G sequential steps",
             "",
-            "| row | G | batch | steps × repeats | vmapped ex/s (all members) | compile s | GFLOP/ex | MFU "
+            "| row | G | batch | steps × repeats | vmapped ex/s (all members) | compile s | GFLOP/ex | GFLOP/s | MFU "
             "| sequential ex/s | vmapped / sequential |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in population:
             t, s = r.ibjax, r.sequential
-            gflops = None if t.flops_per_example is None else t.flops_per_example / 1e9
+            per_example, rate = _gflops(t)
             lines.append(
                 f"| {r.row.name} | {r.row.members} | {r.row.batch_size} | {t.steps} × {len(t.repeat_seconds)} | "
-                f"{t.examples_per_sec:.1f} | {t.setup_seconds:.1f} | {_fmt(gflops, '.3f')} | {_fmt(r.mfu, '.1%')} | "
-                f"{s.examples_per_sec:.1f} | {t.examples_per_sec / s.examples_per_sec:.2f} |")
+                f"{t.examples_per_sec:.1f} | {t.setup_seconds:.1f} | {_fmt(per_example, '.3f')} | "
+                f"{_fmt(rate, '.1f')} | {_fmt(r.mfu, '.1%')} | {s.examples_per_sec:.1f} | {_ratio(t, s)} |")
         lines += ["", "CPU target: vmapped / sequential ≥ 1.5 for G = 16.", ""]
     return "\n".join(lines)
 
@@ -558,6 +582,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--torch", dest="torch", action="store_true", default=None,
                         help="time the PyTorch reference too (default: if torch is importable)")
     parser.add_argument("--no_torch", dest="torch", action="store_false")
+    parser.add_argument("--torch_threads", type=int, default=None,
+                        help="torch.set_num_threads for the reference (default: the usable cores, as XLA)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown file for the results")
     args = parser.parse_args(argv)
     on_cpu = jax.default_backend() == "cpu"
@@ -572,8 +598,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)} or 'all'.")
     if args.repeats is None:
         args.repeats = 3 if on_cpu else 5
-    if args.repeats < 1 or (args.steps is not None and args.steps < 1):
-        parser.error("--repeats and --steps must be >= 1.")
+    for name in ("repeats", "steps", "torch_threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1; got {getattr(args, name)}.")
     if args.torch is None:
         try:
             import torch  # noqa: F401
@@ -585,28 +612,31 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parse(argv)
     xla_flags = os.environ.get("XLA_FLAGS")
     command = ("" if xla_flags is None else f"XLA_FLAGS={shlex.quote(xla_flags)} ") + shlex.join(
-        [Path(sys.executable).name, "benchmarks/train_step.py", *(sys.argv[1:] if argv is None else argv)])
+        [Path(sys.executable).name, "benchmarks/train_step.py", *argv])
+    start_load = os.getloadavg()
     results = []
     for name in args.rows:
         print(f"{name} ...", flush=True)
         result = run_row(name, steps=args.steps, repeats=args.repeats, with_torch=args.torch,
-                         num_images=args.num_images, min_repeat_seconds=args.min_repeat_seconds)
+                         num_images=args.num_images, min_repeat_seconds=args.min_repeat_seconds,
+                         torch_threads=args.torch_threads)
         t = result.ibjax
-        line = f"  ibjax {t.examples_per_sec:9.1f} ex/s  ({t.step_seconds * 1e3:.1f} ms/step, compile {t.setup_seconds:.1f} s"
-        if t.flops_per_example is not None:
-            line += f", {t.flops_per_example / 1e9:.3f} GFLOP/ex"
-        line += f", MFU {_fmt(result.mfu, '.1%')})"
+        per_example, rate = _gflops(t)
+        print(f"  ibjax      {t.examples_per_sec:9.1f} ex/s  {t.step_seconds * 1e3:9.1f} ms/step  "
+              f"compile {t.setup_seconds:.1f} s  {_fmt(per_example, '.3f')} GFLOP/ex  {_fmt(rate, '.1f')} GFLOP/s  "
+              f"MFU {_fmt(result.mfu, '.1%')}", flush=True)
         for label, other in (("PyTorch", result.torch), ("sequential", result.sequential)):
             if other is not None:
-                line += (f"\n  {label:10s} {other.examples_per_sec:9.1f} ex/s  ->  ratio "
-                         f"{t.examples_per_sec / other.examples_per_sec:.2f}")
-        print(line, flush=True)
+                print(f"  {label:10s} {other.examples_per_sec:9.1f} ex/s  {other.step_seconds * 1e3:9.1f} ms/step  "
+                      f"ratio {_ratio(t, other)}", flush=True)
         results.append(result)
-    report = format_report(results, command, args.torch)
-    write_report(args.output, report)
+        # Rewritten after every row, so an interrupted run keeps what it measured.
+        report = format_report(results, command, args.torch, args.torch_threads, (start_load, os.getloadavg()))
+        write_report(args.output, report)
     print(f"\nWrote {args.output}")
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import ml_collections
 
+from ibjax.capping import CAPPABLE_ENCODERS
 from ibjax.data import DATASET_SOURCES, DATASETS
 from ibjax.losses import CROSS_ENTROPIES, REGULARIZERS
 from ibjax.models import DECODERS, DTYPES, ENCODERS, LATENTS
@@ -102,9 +103,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _positive_int(config, "model.num_samples")
     if not isinstance(config.model.noise, bool):
         raise ConfigError(f"config.model.noise must be True or False; got {config.model.noise!r}.")
-    if config.model.noise and config.model.latent == "categorical":
-        raise ConfigError("config.model.noise adds Gaussian noise to a continuous latent; set it to False "
-                          "for config.model.latent='categorical'.")
+    if config.model.noise and config.model.latent in ("categorical", "vib"):
+        raise ConfigError("config.model.noise adds zero-entropy Gaussian noise to a continuous latent; set it to "
+                          f"False for config.model.latent={config.model.latent!r}.")
 
     _choice(config, "objective.loss", LOSSES)
     _choice(config, "objective.cross_entropy", CROSS_ENTROPIES)
@@ -114,6 +115,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     if config.model.latent == "categorical" and config.objective.regularizer != "none":
         raise ConfigError("config.objective.regularizer acts on a continuous latent; use 'none' with "
                           "config.model.latent='categorical'.")
+    if config.objective.regularizer == "vib" and config.model.latent != "vib":
+        raise ConfigError("config.objective.regularizer='vib' needs the Gaussian encoder of "
+                          "config.model.latent='vib'.")
     if config.objective.loss == "decoder_uncertainty" and config.model.latent != "categorical":
         raise ConfigError("config.objective.loss='decoder_uncertainty' is exact only for a categorical latent; "
                           "set config.model.latent='categorical' or use loss='cross_entropy'.")
@@ -138,6 +142,22 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         raise ConfigError(f"config.population.gammas must be a tuple of non-negative numbers; got {gammas!r}.")
     if len(set(gammas)) != len(gammas):
         raise ConfigError(f"config.population.gammas must not repeat a value; got {gammas!r}.")
+
+    schedule = _get(config, "capping.schedule")
+    if not isinstance(schedule, (tuple, list)) or not all(
+        isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in schedule
+    ):
+        raise ConfigError(f"config.capping.schedule must be a tuple of finite numbers (nats); got {schedule!r}.")
+    _positive_int(config, "capping.num_examples", allow_zero=True)
+    if schedule:
+        if config.model.encoder not in CAPPABLE_ENCODERS:
+            raise ConfigError(f"config.capping.schedule needs config.model.encoder in {CAPPABLE_ENCODERS}; "
+                              f"got {config.model.encoder!r}.")
+        if config.model.latent != "continuous" or config.model.decoder != "linear":
+            raise ConfigError("config.capping.schedule needs config.model.latent='continuous' and "
+                              "config.model.decoder='linear'.")
+        if gammas:
+            raise ConfigError("config.capping.schedule is not supported with config.population.gammas.")
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -223,6 +243,13 @@ def default_config():
     # A population trains one member per gamma in a single vmapped step (empty: off).
     config.population = mlc.ConfigDict()
     config.population.gammas = ()
+
+    # Section 7.2 (Fig 4): after epoch e, rescale the noise-free latent to a mean-field
+    # entropy bound of schedule[e - 1] nats (later epochs keep the last cap), compensated
+    # in the linear decoder. Empty: off.
+    config.capping = mlc.ConfigDict()
+    config.capping.schedule = ()
+    config.capping.num_examples = 10000   # training examples for the latent moments (0: all)
 
     config.checkpoint = mlc.ConfigDict()
     config.checkpoint.every_epochs = 1

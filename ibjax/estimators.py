@@ -168,7 +168,8 @@ def _centred(x, name: str) -> np.ndarray:
     """
     x = np.asarray(x, np.float64)
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} must be finite; it has {np.count_nonzero(~np.isfinite(x))} NaN or inf entries")
+        bad = np.count_nonzero(~np.isfinite(x))
+        raise ValueError(f"{name} must be finite; it has {bad} NaN or inf entries")
     return (x - x.mean(axis=0)).astype(np.float32)
 
 
@@ -495,7 +496,9 @@ def _check_labels(labels, n: int) -> np.ndarray:
     if shape is None or dtype is None:
         raise TypeError(f"labels must be a 1-D integer array [N], got {type(labels).__name__}")
     if len(shape) != 1 or shape[0] != n:
-        raise ValueError(f"labels must be 1-D with one label per row of x (N = {n}), got shape {tuple(shape)}")
+        raise ValueError(
+            f"labels must be 1-D with one label per row of x (N = {n}), got shape {tuple(shape)}"
+        )
     if not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(f"labels must have an integer dtype, got {dtype}")
     return np.asarray(labels)

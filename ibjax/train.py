@@ -45,7 +45,7 @@ from jax.sharding import PartitionSpec as P
 
 from ibjax import config as configlib
 from ibjax import data as datalib
-from ibjax import information, losses, models
+from ibjax import capping, information, losses, models
 from ibjax.io import append_jsonl, atomic_write_text, read_jsonl, write_jsonl
 
 __all__ = [
@@ -154,11 +154,12 @@ def _categorical_terms(out, labels, num_classes, where=None):
 def _objective(config, num_classes: int, out, labels, gamma):
     """Training loss and batch-mean metrics for the configured objective."""
     objective = config.objective
-    if config.model.latent == "continuous":
+    if config.model.latent in ("continuous", "vib"):
         return losses.surrogate_loss(
             out["logits"], out["z"], labels,
             regularizer=objective.regularizer, gamma=gamma, num_classes=num_classes,
             cross_entropy=objective.cross_entropy, eps=objective.eps,
+            z_mean=out.get("z_mean"), z_scale=out.get("z_scale"),
         )
     dce, pce, z_probs = _categorical_terms(out, labels, num_classes)
     metrics = {
@@ -174,6 +175,40 @@ def _objective(config, num_classes: int, out, labels, gamma):
     metrics["loss"] = loss
     metrics["training_error_bound"] = losses.training_error_bound(loss)
     return loss, metrics
+
+
+def entropy_cap(config, epoch: int) -> float | None:
+    """The entropy cap (nats) applied after ``epoch`` (1-based); None when capping is off."""
+    schedule = tuple(config.capping.schedule)
+    return float(schedule[min(epoch, len(schedule)) - 1]) if schedule else None
+
+
+def make_noise_free_latent_fn(model, config) -> Callable:
+    """Jitted ``(params, batch_stats, images_uint8) -> Ẑ [B, K]``: the latent before its noise, eval mode."""
+
+    @jax.jit
+    def latent_fn(params, batch_stats, images):
+        variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+        return capping.noise_free_latent(model, variables, datalib.preprocess(images, config.data.name))
+
+    return latent_fn
+
+
+def cap_entropy(latent_fn, model, config, state: TrainState, images, cap: float) -> tuple[TrainState, float]:
+    """Section 7.2: rescales the latent to an entropy bound of ``cap`` nats, predictions unchanged.
+
+    The moments come from the first ``config.capping.num_examples`` training
+    images; returns the new state and the bound of the new latent on them.
+    """
+    n = min(config.capping.num_examples or images.shape[0], images.shape[0])
+    size = config.train.eval_batch_size
+    z = jnp.concatenate([latent_fn(state.params, state.batch_stats, images[i:min(i + size, n)])
+                         for i in range(0, n, size)])
+    mean, std = capping.latent_moments(z)
+    params = capping.cap_latent_entropy(state.params, mean, std, cap, model=model)
+    z_new = jnp.concatenate([latent_fn(params, state.batch_stats, images[i:min(i + size, n)])
+                             for i in range(0, n, size)])
+    return state.replace(params=params), float(capping.entropy_bound(z_new))
 
 
 def _correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -312,8 +347,19 @@ class NonFiniteError(FloatingPointError):
     """Training produced NaN/Inf; the update was not applied and nothing was saved."""
 
 
+def _with_defaults(config_dict: dict, defaults: dict) -> dict:
+    """Fields a stored config lacks (added to ibjax after it was written) take their defaults."""
+    out = dict(config_dict)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = _with_defaults(out[key], value)
+    return out
+
+
 def _comparable(config_dict: dict, allow_num_epochs_change: bool) -> dict:
-    out = json.loads(json.dumps(config_dict))
+    out = _with_defaults(json.loads(json.dumps(config_dict)), configlib.to_dict(configlib.default_config()))
     ignored = _IGNORED_ON_RESUME + (("train.num_epochs",) if allow_num_epochs_change else ())
     for dotted in ignored:
         section, field = dotted.split(".")
@@ -669,6 +715,7 @@ def _run(config, workdir, mesh, dataset, gammas, members, member_dirs, stop, sto
         compile_start = time.perf_counter()
         compiled_step = train_step.lower(state, fresh_totals(), x_train, y_train, example_idx, train_rng, gamma).compile()
         compile_seconds = time.perf_counter() - compile_start
+        noise_free_latent_fn = make_noise_free_latent_fn(model, config) if config.capping.schedule else None
         eval_args = dict(batch_size=config.train.eval_batch_size, rng=eval_rng, sharding=replicated,
                          lead=(num_members,) if population else (),
                          joint_shape=(config.model.latent_dim, num_classes) if categorical else None)
@@ -701,6 +748,16 @@ def _run(config, workdir, mesh, dataset, gammas, members, member_dirs, stop, sto
                 member = f", member {i} with gamma={gammas[i]:g}" if population else ""
                 raise NonFiniteError(_nonfinite_message(members[i], int(np.atleast_1d(totals["bad_terms"])[i]),
                                                         int(bad[i]), epoch, member, last_saved))
+
+            cap = entropy_cap(config, epoch)
+            capped = {}
+            if cap is not None:
+                # Section 7.2: cap after the epoch's training, before evaluation and the checkpoint.
+                state, bound = cap_entropy(noise_free_latent_fn, model, config, state, x_train, cap)
+                state = jax.device_put(state, replicated)  # the compiled step expects replicated state
+                accuracy = _evaluate(eval_step, state, x_train, y_train, eval_args)["accuracy"]
+                capped = {"entropy_cap": cap, "latent_entropy_bound": bound,
+                          "capped_train_error": 1.0 - float(accuracy)}
 
             decoder = None
             train_eval = {}
@@ -737,6 +794,7 @@ def _run(config, workdir, mesh, dataset, gammas, members, member_dirs, stop, sto
                     "epoch_seconds": epoch_seconds,
                     "gamma": float(member.objective.gamma),
                     "regularizer": member.objective.regularizer,
+                    **capped,
                 })
                 if epoch == start_epoch + 1:
                     record["compile_seconds"] = compile_seconds

@@ -43,7 +43,10 @@ def kl_entropy(kth_distances: np.ndarray, d: int, k: int) -> float:
     n = kth_distances.size
     log_volume = 0.5 * d * math.log(math.pi) - special.gammaln(0.5 * d + 1)
     return float(
-        special.digamma(n) - special.digamma(k) + log_volume + d * np.mean(np.log(np.asarray(kth_distances, np.float64)))
+        special.digamma(n)
+        - special.digamma(k)
+        + log_volume
+        + d * np.mean(np.log(np.asarray(kth_distances, np.float64)))
     )
 
 
@@ -100,7 +103,10 @@ def main(argv: list[str]) -> None:
     fastest = min(seconds for _, seconds, _, _ in rows[1:])
     print(f"N = {n}, d = {d}, k = {k}, devices = {jax.device_count()} "
           f"({jax.devices()[0].platform}), best of {repeats}")
-    print("| method | N | d | seconds | compile s | ratio vs fastest reference | estimate (nats) | analytic (nats) |")
+    print(
+        "| method | N | d | seconds | compile s | ratio vs fastest reference "
+        "| estimate (nats) | analytic (nats) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, seconds, compile_s, h in rows:
         compile_col = f"{compile_s:.2f}" if compile_s is not None else "-"

@@ -2,12 +2,11 @@
 
 import math
 import sys
-import time
+import types
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -16,7 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import train_step as bench  # noqa: E402
 from ibjax import data as datalib  # noqa: E402
-from ibjax import information, losses, models, train  # noqa: E402
+from ibjax import information, losses, models  # noqa: E402
 
 
 # ------------------------------------------------------------------ harness
@@ -46,28 +45,36 @@ def test_mlp_row_gives_positive_finite_throughput_and_compile_time():
     assert result.mfu is None  # no peak FLOP/s for a CPU
 
 
-def test_measure_interleaves_runners_and_reports_the_median():
+def test_measure_interleaves_runners_and_reports_the_median(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     calls = []
 
     def fake(name, seconds_per_step):
         def run(n):
             calls.append((name, n))
-            time.sleep(n * seconds_per_step)
+            now[0] += n * seconds_per_step.pop(0)
         return bench.Runner(run, examples_per_step=10, setup_seconds=0.5, flops_per_example=7.0)
 
-    timings = bench.measure([fake("a", 0.002), fake("b", 0.02)], steps=None, repeats=3, warmup=2,
-                            min_repeat_seconds=0.04)
-    warm = [("a", 1), ("a", 1), ("b", 1), ("b", 1)]
-    assert calls[:4] == warm
-    steps_a, steps_b = timings[0].steps, timings[1].steps
-    assert steps_a >= 10 and steps_b == 2  # ceil(0.04 / seconds of a warm-up step)
-    assert [name for name, _ in calls[4:]] == ["a", "b", "b", "a", "a", "b"]
-    assert all(n == (steps_a if name == "a" else steps_b) for name, n in calls[4:])
-    for timing, seconds in zip(timings, (0.002, 0.02)):
-        assert timing.step_seconds == sorted(timing.repeat_seconds)[1]
-        assert seconds <= timing.step_seconds < 3 * seconds
-        assert timing.examples_per_sec == pytest.approx(10 / timing.step_seconds)
+    # Seconds per step of: two warm-up steps, then three repeats.
+    a = fake("a", [0.003, 0.002, 0.002, 0.004, 0.001])
+    b = fake("b", [0.03, 0.03, 0.02, 0.05, 0.03])
+    c = fake("c", [2.0, 1.0, 3.0, 2.0])  # one warm-up step: it lasts min_repeat_seconds
+    timings = bench.measure([a, b, c], steps=None, repeats=3, warmup=2, min_repeat_seconds=0.04)
+    assert [t.steps for t in timings] == [20, 2, 1]  # ceil(0.04 / last warm-up step), at least 1
+    assert calls == [("a", 1), ("a", 1), ("b", 1), ("b", 1), ("c", 1),
+                     ("a", 20), ("b", 2), ("c", 1), ("c", 1), ("b", 2), ("a", 20), ("a", 20), ("b", 2), ("c", 1)]
+    for timing, repeats, median in zip(timings, ([0.002, 0.004, 0.001], [0.02, 0.05, 0.03], [1.0, 3.0, 2.0]),
+                                       (0.002, 0.03, 2.0)):
+        np.testing.assert_allclose(timing.repeat_seconds, repeats)
+        assert timing.step_seconds == pytest.approx(median)
+        assert timing.examples_per_sec == pytest.approx(10 / median)
         assert timing.flops_per_example == 7.0 and timing.setup_seconds == 0.5
+
+    d = fake("d", [0.1, 0.1, 0.1, 0.3])
+    (timing,) = bench.measure([d], steps=5, repeats=2, warmup=2, min_repeat_seconds=1.0)
+    assert timing.steps == 5 and calls[-2:] == [("d", 5), ("d", 5)]
+    assert timing.step_seconds == pytest.approx(0.2)  # the median of two is their mean
 
 
 def test_measure_rejects_bad_counts():
@@ -100,13 +107,19 @@ def test_peak_flops_by_device_kind():
     assert bench.peak_flops(_Device("cpu"), "float32") is None
 
 
-def test_report_keeps_notes_below_the_marker(tmp_path):
-    timing = bench.Timing(1000.0, 0.128, [0.128], 4, 2.5, 1.6e7)
-    results = [bench.Result(bench.ROWS["mlp_categorical"], timing, torch=bench.Timing(500.0, 0.256, [0.256], 2, 1.0)),
-               bench.Result(bench.ROWS["population_g4"], timing, sequential=bench.Timing(800.0, 0.64, [0.64], 1, 2.0))]
-    report = bench.format_report(results, "python benchmarks/train_step.py", with_torch=False)
-    assert "| mlp_categorical |" in report and "| 2.00 |" in report  # ibjax / PyTorch
-    assert "| population_g4 | 4 |" in report and "| 1.25 |" in report  # vmapped / sequential
+def test_report_tables_and_notes_below_the_marker(tmp_path):
+    single = bench.Timing(1000.0, 0.128, [0.128, 0.1, 0.2], 4, 2.5, 1.6e7)
+    torch_timing = bench.Timing(500.0, 0.256, [0.256, 0.3, 0.25], 2, 1.0)
+    population = bench.Timing(1000.0, 0.512, [0.512], 1, 3.0, 1.6e7)
+    sequential = bench.Timing(800.0, 0.64, [0.64, 0.7], 1, 2.0)
+    results = [bench.Result(bench.ROWS["mlp_categorical"], single, torch=torch_timing),
+               bench.Result(bench.ROWS["population_g4"], population, sequential=sequential)]
+    report = bench.format_report(results, "python benchmarks/train_step.py", with_torch=False,
+                                 load=[(1.0, 2.0, 3.0), (4.0, 5.0, 6.0)])
+    # ibjax / PyTorch: medians 1000 / 500, best repeats 0.25 / 0.1; GFLOP/s = 0.016 GFLOP/ex × 1000 ex/s.
+    assert "| 1000.0 | 2.5 | 0.016 | 16.0 | n/a | 500.0 | 2.00 (2.50) |" in report
+    assert "| population_g4 | 4 | 128 | 1 × 1 | 1000.0 | 3.0 | 0.016 | 16.0 | n/a | 800.0 | 1.25 (1.25) |" in report
+    assert "1.00 / 2.00 / 3.00; 4.00 / 5.00 / 6.00" in report
     path = tmp_path / "RESULTS.md"
     bench.write_report(path, report)
     path.write_text(path.read_text() + "\n## Findings\nkeep me\n")
@@ -127,22 +140,21 @@ def _small_mlp_config():
     return config
 
 
-def test_torch_mlp_loss_equals_the_ibjax_train_step_loss_on_the_same_weights():
+def test_torch_mlp_loss_equals_ibjax_decoder_cross_entropy_on_the_same_weights():
     torch = pytest.importorskip("torch")
     from benchmarks import torch_reference
 
     config = _small_mlp_config()
     images, labels = bench.synthetic_data(bench.ROWS["mlp_categorical"], num_images=64, seed=3)
-    mesh = train.make_mesh()
-    model = models.create_model(ml_collections.ConfigDict({**config.model.to_dict(), "dtype": "float32"}), 10)
-    tx = train.make_optimizer(config, 10)
-    state = train.create_train_state(jax.random.key(0), model, tx, images.shape[1:])
-    params = jax.device_get(state.params)
-    batch = np.arange(5, 37, dtype=np.int32)
-    step = train.make_train_step(model, tx, config, 10, mesh)
-    _, totals = step(state, train.zero_totals(config), jnp.asarray(images), jnp.asarray(labels),
-                     jnp.asarray(batch), jax.random.key(1), jnp.float32(0.0))
-    ibjax_loss = float(totals["loss"])  # one step: the loss before its update
+    model = models.create_model(config.model, 10)
+    params = jax.jit(lambda key: model.init(key, jnp.zeros((1, 28, 28, 1)), train=False, num_samples=1))(
+        jax.random.key(0))["params"]
+    batch = np.arange(5, 37)
+    # What ibjax's train step computes as its loss for this config.
+    out = model.apply({"params": params}, datalib.preprocess(jnp.asarray(images[batch]), config.data.name),
+                      train=True, num_samples=1)
+    ibjax_loss = float(jnp.mean(information.categorical_decoder_cross_entropy(
+        out["z_log_probs"], out["decoder_log_probs"], jnp.asarray(labels[batch]))))
 
     reference = torch_reference.load_flax_mlp_categorical(torch_reference.build(config), params).train()
     with torch.no_grad():
@@ -152,22 +164,16 @@ def test_torch_mlp_loss_equals_the_ibjax_train_step_loss_on_the_same_weights():
     assert float(torch_loss) == pytest.approx(ibjax_loss, rel=1e-5)
 
     # float64 NumPy: Σ_z p(z|x)(−log p(y|z)) of the same network.
-    def mlp(h, layers):
-        for i, name in enumerate(layers):
-            h = h @ np.float64(params_side[name]["kernel"]) + np.float64(params_side[name]["bias"])
+    def mlp(h, side):
+        layers = [params[side][name] for name in ("hidden_0", "hidden_1", "output")]
+        for i, layer in enumerate(layers):
+            h = h @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"], np.float64)
             h = np.maximum(h, 0.0) if i < len(layers) - 1 else h
-        return h
+        return h - np.log(np.sum(np.exp(h - h.max(-1, keepdims=True)), -1, keepdims=True)) - h.max(-1, keepdims=True)
 
-    def log_softmax(a):
-        a = a - a.max(-1, keepdims=True)
-        return a - np.log(np.exp(a).sum(-1, keepdims=True))
-
-    mean, std = datalib.NORMALIZATION["permuted_mnist"]
-    x = ((images[batch].astype(np.float64) / 255.0 - mean[0]) / std[0]).reshape(len(batch), -1)
-    params_side = params["encoder"]
-    z_log_probs = log_softmax(mlp(x, ["hidden_0", "hidden_1", "output"]))
-    params_side = params["decoder"]
-    decoder_log_probs = log_softmax(mlp(np.eye(12), ["hidden_0", "hidden_1", "output"]))
+    (mean,), (std,) = datalib.NORMALIZATION["permuted_mnist"]
+    x = ((images[batch].astype(np.float64) / 255.0 - mean) / std).reshape(len(batch), -1)
+    z_log_probs, decoder_log_probs = mlp(x, "encoder"), mlp(np.eye(12), "decoder")
     expected = np.mean(np.sum(np.exp(z_log_probs) * -decoder_log_probs.T[labels[batch]], axis=1))
     assert ibjax_loss == pytest.approx(expected, rel=1e-5)
 
@@ -228,7 +234,7 @@ def test_torch_crop_and_flip_equals_ibjax():
 
 @pytest.mark.parametrize("encoder", ["dropout_cnn", "resnet18"])
 def test_torch_encoders_have_the_ibjax_parameter_counts(encoder):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from benchmarks import torch_reference
 
     config = bench.row_config(bench.ROWS["dropout_cnn" if encoder == "dropout_cnn" else "resnet18_b128_f32"])
@@ -240,4 +246,3 @@ def test_torch_encoders_have_the_ibjax_parameter_counts(encoder):
     reference = torch_reference.build(config)
     # BatchNorm running statistics are buffers in torch and 'batch_stats' in Flax: neither is counted.
     assert sum(p.numel() for p in reference.parameters()) == models.count_params(variables["params"])
-    assert isinstance(reference["encoder"], torch.nn.Module)

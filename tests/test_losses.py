@@ -259,7 +259,8 @@ def test_regularizer_input_errors():
 # ------------------------------------------------------------ surrogate loss
 
 
-@pytest.mark.parametrize("regularizer", L.REGULARIZERS)
+# "vib" also needs z_mean and z_scale; tests/test_vib.py checks it.
+@pytest.mark.parametrize("regularizer", [r for r in L.REGULARIZERS if r != "vib"])
 @pytest.mark.parametrize("cross_entropy", L.CROSS_ENTROPIES)
 def test_surrogate_loss_matches_reference(regularizer, cross_entropy):
     logits, z, labels = random_problem(s=2, b=16, c=4, k=3, seed=8)
@@ -278,7 +279,7 @@ def test_surrogate_loss_matches_reference(regularizer, cross_entropy):
 
 def test_surrogate_loss_errors():
     logits, z, labels = random_problem()
-    with pytest.raises(ValueError, match="'none', 'l2', 'log_var', 'cond_log_var'"):
+    with pytest.raises(ValueError, match="'none', 'l2', 'log_var', 'cond_log_var', 'vib'"):
         L.surrogate_loss(logits, z, labels, regularizer="l1", gamma=1.0, num_classes=5)
     with pytest.raises(ValueError, match="cross_entropy"):
         L.surrogate_loss(logits, z, labels, regularizer="l2", gamma=1.0, num_classes=5, cross_entropy="x")

@@ -157,6 +157,8 @@ def test_output_shapes_and_dtypes(encoder, latent, decoder, train):
     b = shape[0]
     if latent == "continuous":
         expected = {"z": (s, b, k), "logits": (s, b, n)}
+    elif latent == "vib":
+        expected = {"z": (s, b, k), "z_mean": (s, b, k), "z_scale": (s, b, k), "logits": (s, b, n)}
     else:
         expected = {"z_log_probs": (s, b, k), "decoder_log_probs": (k, n), "logits": (s, b, n)}
     assert {key: v.shape for key, v in out.items()} == expected
