@@ -143,6 +143,19 @@ def save_figure(fig: Figure, path_without_suffix: str | pathlib.Path) -> tuple[p
     return png, pdf
 
 
+def entropy_cap_records(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Fig 4 records from runs trained with ``config.capping.schedule``.
+
+    Each epoch after which the latent was capped gives one record: the cap,
+    the training error right after capping, the run's noise setting and seed.
+    """
+    return [
+        {"noise": bool(_config_value(run, "model.noise")), "entropy_cap": r["entropy_cap"],
+         "error_rate": r["capped_train_error"], "seed": _config_value(run, "seed"), "epoch": r["epoch"]}
+        for run in runs for r in run.metrics if "entropy_cap" in r
+    ]
+
+
 def supported_figures(runs: Sequence[Run], entropy_cap_records: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """Names (from :data:`FIGURES`) of the figures the loaded data can draw.
 

@@ -31,7 +31,9 @@ def main(argv: list[str]) -> None:
     if not workdirs and not _ENTROPY_CAP_FILE.value:
         raise app.UsageError("Give at least one --workdir or an --entropy_cap_file.")
     runs = [plotting.load_run(d) for d in find_run_dirs(workdirs)]
-    entropy_cap_records = read_jsonl(_ENTROPY_CAP_FILE.value) if _ENTROPY_CAP_FILE.value else []
+    # Fig 4 data: a file if given, else the capped epochs of the runs themselves.
+    entropy_cap_records = (read_jsonl(_ENTROPY_CAP_FILE.value) if _ENTROPY_CAP_FILE.value
+                           else plotting.entropy_cap_records(runs))
 
     if _FIGURE.value == "all":
         names = plotting.supported_figures(runs, entropy_cap_records)
