@@ -841,6 +841,8 @@ def _summary_line(record: dict) -> str:
     ]
     if "train_decoder_uncertainty" in record:
         parts.append(f"H[Y|Z] {record['train_decoder_uncertainty']:.4f}")
+    if "entropy_cap" in record:
+        parts.append(f"cap {record['entropy_cap']:g} nats: train err {record['capped_train_error']:.4f}")
     parts += [
         f"{record['regularizer']} {record['train_regularizer']:.4f}",
         f"err≤ {record['training_error_bound']:.3f}",
