@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 import math
 import os
 import platform
@@ -349,7 +350,15 @@ def _check_healthy(totals, row: Row) -> None:
 
 
 def prepare_torch(row: Row, *, num_images: int = 4096, seed: int = 0, threads: int | None = None) -> Runner:
-    """The eager PyTorch reference of ``row`` with ``threads`` intra-op threads (default: usable cores)."""
+    """The eager PyTorch reference of ``row`` with ``threads`` intra-op threads (default: usable cores).
+
+    Unless set already, ``OMP_WAIT_POLICY=PASSIVE`` before torch is first
+    imported: libgomp's default spin-waiting turns every parallel op into a
+    wait for a descheduled thread when other jobs share the cores (15-20×
+    slower MLP steps on a loaded 2-core machine); passive waiting costs
+    nothing on an idle one.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     from benchmarks import torch_reference
@@ -495,7 +504,8 @@ def format_report(results: Sequence[Result], command: str, with_torch: bool, tor
         f"* Versions: {_versions(with_torch)}",
     ]
     if with_torch:
-        lines.append(f"* PyTorch: eager, torch.set_num_threads({torch_threads or usable_cores()}); "
+        lines.append(f"* PyTorch: eager, torch.set_num_threads({torch_threads or usable_cores()}), "
+                     f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}; "
                      f"XLA's CPU thread pool uses the {usable_cores()} usable cores")
     if load:
         readings = "; ".join(" / ".join(f"{v:.2f}" for v in reading) for reading in load)
@@ -602,12 +612,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1; got {getattr(args, name)}.")
     if args.torch is None:
-        try:
-            import torch  # noqa: F401
-
-            args.torch = True
-        except ImportError:
-            args.torch = False
+        # Found, not imported: the import must come after prepare_torch sets OMP_WAIT_POLICY.
+        args.torch = importlib.util.find_spec("torch") is not None
     return args
 
 

@@ -772,28 +772,14 @@ def _run(config, workdir, mesh, dataset, gammas, members, member_dirs, stop, sto
                     train_eval = dict(_evaluate(eval_step, state, x_train, y_train, eval_args, decoder), joint=train_eval["joint"])
             test_eval = _evaluate(eval_step, state, x_test, y_test, eval_args, decoder)
             epoch_seconds = time.perf_counter() - epoch_start
+            lr = np.atleast_1d(jax.device_get(learning_rate(config, state)))
             records = []
             for i, member in enumerate(members):
-                pick = (lambda v: float(np.atleast_1d(v)[i]))
-                steps = pick(totals["steps"])
-                record = {"epoch": epoch, "step": int(np.atleast_1d(jax.device_get(state.step))[i])}
-                record.update({f"train_{k}": pick(totals[k]) / steps for k in metric_names(config)})
-                record["training_error_bound"] = record.pop("train_training_error_bound")
-                if categorical:
-                    joint_i = np.asarray(train_eval["joint"])[i] if population else np.asarray(train_eval["joint"])
-                    record["train_decoder_uncertainty"] = float(information.conditional_entropy(jnp.asarray(joint_i)))
-                    record["train_exact_decoder_cross_entropy"] = pick(train_eval["decoder_cross_entropy"])
-                    record["train_exact_prediction_cross_entropy"] = pick(train_eval["prediction_cross_entropy"])
-                    record["train_exact_accuracy"] = pick(train_eval["accuracy"])
+                record = _epoch_record(config, member, i, population, epoch, np.atleast_1d(jax.device_get(state.step))[i],
+                                       totals, train_eval, test_eval, lr[i])
                 record.update({
-                    "test_accuracy": pick(test_eval["accuracy"]),
-                    "test_decoder_cross_entropy": pick(test_eval["decoder_cross_entropy"]),
-                    "test_prediction_cross_entropy": pick(test_eval["prediction_cross_entropy"]),
-                    "learning_rate": float(np.atleast_1d(jax.device_get(learning_rate(config, state)))[i]),
                     "examples_per_sec": num_members * steps_per_epoch * batch_size / train_seconds,
                     "epoch_seconds": epoch_seconds,
-                    "gamma": float(member.objective.gamma),
-                    "regularizer": member.objective.regularizer,
                     **capped,
                 })
                 if epoch == start_epoch + 1:
@@ -824,6 +810,27 @@ def _run(config, workdir, mesh, dataset, gammas, members, member_dirs, stop, sto
             result["signal"] = stop.signal  # finished anyway; callers (sweeps) should still stop
         return result
 
+
+
+def _epoch_record(config, member, i, population, epoch, step, totals, train_eval, test_eval, lr) -> dict:
+    """One member's metrics record of an epoch (``i`` indexes the member axis of a population)."""
+    def pick(value):
+        return float(np.asarray(value)[i]) if population else float(value)
+
+    steps = pick(totals["steps"])
+    record = {"epoch": epoch, "step": int(step)}
+    record.update({f"train_{k}": pick(totals[k]) / steps for k in metric_names(config)})
+    record["training_error_bound"] = record.pop("train_training_error_bound")
+    if train_eval:
+        joint = np.asarray(train_eval["joint"])[i] if population else np.asarray(train_eval["joint"])
+        record["train_decoder_uncertainty"] = float(information.conditional_entropy(jnp.asarray(joint)))
+        for name in ("decoder_cross_entropy", "prediction_cross_entropy", "accuracy"):
+            record[f"train_exact_{name}"] = pick(train_eval[name])
+    for name in ("accuracy", "decoder_cross_entropy", "prediction_cross_entropy"):
+        record[f"test_{name}"] = pick(test_eval[name])
+    record.update({"learning_rate": float(lr), "gamma": float(member.objective.gamma),
+                   "regularizer": member.objective.regularizer})
+    return record
 
 
 def _summary_line(record: dict) -> str:
