@@ -1,6 +1,6 @@
 r"""Steady-state throughput of ibjax's training step, side by side with eager PyTorch.
 
-  python benchmarks/train_step.py                       # default rows, RESULTS.md
+  XLA_FLAGS= python benchmarks/train_step.py            # default rows -> benchmarks/RESULTS.md
   python benchmarks/train_step.py --rows mlp_categorical,population_g16 --repeats 5 --steps 20 --no_torch
 
 Each row builds its model from a config in ``configs/`` with
@@ -12,13 +12,15 @@ over ``--repeats`` repeats of ``--steps`` steps each, every repeat ending in
 and warm-up steps. Throughput is examples per second; for a population of G
 members it is summed over the members (G·B per step).
 
-``--torch`` times the same models and losses in eager PyTorch
-(``benchmarks/torch_reference.py``) with the same harness, in the same run,
-with ``torch.set_num_threads`` set to the cores this process may run on (the
-cores XLA's CPU thread pool uses).
+The comparison of a row — eager PyTorch (``benchmarks/torch_reference.py``,
+``--torch``) for a single model, G sequential single-model steps for a
+population — is timed by the same harness in the same process, its repeats
+alternating with ibjax's so that changes in the machine's load hit both.
+PyTorch gets ``torch.set_num_threads`` = the cores this process may run on,
+which is what XLA's CPU thread pool uses.
 
-Model FLOPs per example come from XLA's cost analysis of the compiled step;
-on an accelerator listed in :data:`PEAK_FLOPS` they give the model FLOPs
+FLOPs per example come from XLA's cost analysis of the step; on an
+accelerator listed in :data:`PEAK_FLOPS` they give the model FLOPs
 utilisation (MFU).
 """
 
@@ -122,7 +124,7 @@ class Timing:
       repeat_seconds: seconds per step of each repeat.
       steps: steps per repeat.
       setup_seconds: compile time (JAX, lower + compile) or first-step time (eager).
-      flops_per_example: XLA's FLOPs of the compiled step per example, or None.
+      flops_per_example: XLA's FLOPs of one step per example, or None.
     """
 
     examples_per_sec: float

@@ -217,8 +217,7 @@ def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = 
     config_path = workdir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training run directory.")
-    config = configlib.from_json(config_path.read_text(), str(config_path))
-    configlib.validate(config)
+    config = configlib.load_stored(config_path)
     dataset = train.load_data(config)
     images, labels = dataset.x_train, dataset.y_train
     if max_examples:

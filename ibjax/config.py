@@ -20,7 +20,7 @@ from ibjax.data import DATASET_SOURCES, DATASETS
 from ibjax.losses import CROSS_ENTROPIES, REGULARIZERS
 from ibjax.models import DECODERS, DTYPES, ENCODERS, LATENTS
 
-__all__ = ["ConfigError", "LOSSES", "default_config", "from_file", "validate", "to_dict", "to_json", "from_json", "differences"]
+__all__ = ["ConfigError", "LOSSES", "default_config", "from_file", "with_defaults", "load_stored", "validate", "to_dict", "to_json", "from_json", "differences"]
 
 #: Valid ``objective.loss`` values.
 LOSSES: tuple[str, ...] = ("cross_entropy", "decoder_uncertainty")
@@ -178,6 +178,35 @@ def from_json(text: str, origin: str = "config.json") -> ml_collections.ConfigDi
     if not isinstance(data, dict):
         raise ConfigError(f"{origin} must hold a JSON object; got {type(data).__name__}.")
     return ml_collections.ConfigDict(data)
+
+
+def with_defaults(config_dict: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fills the fields a stored config lacks (added to ibjax after it was written) with their defaults."""
+    defaults = to_dict(default_config()) if defaults is None else defaults
+    out = dict(config_dict)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = with_defaults(out[key], value)
+    return out
+
+
+def load_stored(path) -> ml_collections.ConfigDict:
+    """A run's stored ``config.json``: parsed, completed with defaults, validated.
+
+    Raises :class:`ConfigError` naming the file for malformed JSON, wrong
+    types or unknown fields; executes nothing from the file.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    config = ml_collections.ConfigDict(with_defaults(from_json(path.read_text(), str(path)).to_dict()))
+    try:
+        validate(config)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return config
 
 
 def differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

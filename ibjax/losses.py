@@ -66,6 +66,7 @@ REGULARIZERS: tuple[str, ...] = ("none", "l2", "log_var", "cond_log_var", "vib")
 CROSS_ENTROPIES: tuple[str, ...] = ("decoder", "prediction")
 
 _LOG_2PIE = math.log(2.0 * math.pi * math.e)
+_F32_TINY = float(np.finfo(np.float32).tiny)
 
 
 # --------------------------------------------------------------------------
@@ -79,6 +80,9 @@ def _is_concrete(x: Any) -> bool:
 
 
 def _check_labels(labels: jax.Array, batch: int, num_classes: int | None, name="labels"):
+    # The range is checked on the values as given: jnp.asarray wraps an int64
+    # label such as 2**32 + 1 into int32 range (to 1) when x64 is off.
+    values = np.asarray(labels) if _is_concrete(labels) else None
     labels = jnp.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"`{name}` must be a 1-D array [B] of class indices; got shape {labels.shape}.")
@@ -88,8 +92,7 @@ def _check_labels(labels: jax.Array, batch: int, num_classes: int | None, name="
         raise ValueError(
             f"`{name}` has {labels.shape[0]} entries but the batch has {batch} examples."
         )
-    if num_classes is not None and _is_concrete(labels) and labels.size:
-        values = np.asarray(labels)
+    if num_classes is not None and values is not None and values.size:
         if values.min() < 0 or values.max() >= num_classes:
             raise ValueError(
                 f"`{name}` must lie in [0, {num_classes}); got values in "
@@ -120,22 +123,35 @@ def _as_samples(logits: jax.Array) -> jax.Array:
     logits = _check_float(logits, "logits")
     if logits.ndim == 2:
         return logits[None]
-    if logits.ndim == 3:
+    if logits.ndim == 3 and logits.shape[0]:
         return logits
-    raise ValueError(f"`logits` must be [B, C] or [S, B, C]; got shape {logits.shape}.")
+    raise ValueError(f"`logits` must be [B, C] or [S, B, C] with S >= 1; got shape {logits.shape}.")
 
 
 def _latent_samples(z: jax.Array) -> jax.Array:
     z = _check_float(z, "z")
     if z.ndim == 2:
         return z[None]
-    if z.ndim == 3:
+    if z.ndim == 3 and z.shape[0]:
         return z
-    raise ValueError(f"`z` must be [B, K] or [S, B, K]; got shape {z.shape}.")
+    raise ValueError(f"`z` must be [B, K] or [S, B, K] with S >= 1; got shape {z.shape}.")
+
+
+def _check_overflow(value: jax.Array, what: str, cause: str) -> jax.Array:
+    """``value``, or a ValueError if it is concrete and ±inf: finite inputs whose exact
+    result exceeds float32 (~3.4e38). Traced values pass: under ``jit`` the inf
+    reaches the caller (the training loop's non-finite guard stops on it)."""
+    if _is_concrete(value) and np.any(np.isinf(np.asarray(value))):
+        raise ValueError(f"{what} overflows float32 (max ~3.4e38): {cause}.")
+    return value
 
 
 def _psum(x, axis_name):
     return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _pmax(x, axis_name):
+    return x if axis_name is None else jax.lax.pmax(x, axis_name)
 
 
 def _label_log_likelihoods(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -261,10 +277,13 @@ def training_error_bound(cross_entropy: jax.Array) -> jax.Array:
       cross_entropy: a (mean) Decoder or Prediction Cross-Entropy in nats.
 
     Returns:
-      The bound, elementwise, in [0, 1].
+      The bound, elementwise, in [0, 1]; NaN stays NaN.
     """
     cross_entropy = _check_float(cross_entropy, "cross_entropy")
-    return -jnp.expm1(-cross_entropy)
+    # A cross-entropy is >= 0, but rounding makes a Prediction Cross-Entropy
+    # near 0 come out as -1e-7 at times; a negative input must not give a
+    # negative (or, for -1e30, infinite) bound.
+    return -jnp.expm1(-jnp.maximum(cross_entropy, 0.0))
 
 
 # --------------------------------------------------------------------------
@@ -273,16 +292,38 @@ def training_error_bound(cross_entropy: jax.Array) -> jax.Array:
 
 
 def _fold_samples(z: jax.Array, where: jax.Array | None):
-    """``[S, B, K]`` latent and ``[B]`` mask -> ``[S*B, K]`` and ``[S*B]`` weights."""
+    """``[S, B, K]`` latent and ``[B]`` mask -> ``[S*B, K]`` and ``[S*B]`` weights.
+
+    Padding rows come back as 0, so whatever they held (inf, NaN) cannot reach
+    a statistic through 0 · inf.
+    """
     z = _latent_samples(z)
     num_samples, batch, features = z.shape
-    weights = jnp.broadcast_to(_check_where(where, batch), (num_samples, batch))
-    return z.reshape(num_samples * batch, features).astype(jnp.float32), weights.reshape(-1)
+    weights = jnp.broadcast_to(_check_where(where, batch), (num_samples, batch)).reshape(-1)
+    flat = z.reshape(num_samples * batch, features).astype(jnp.float32)
+    return jnp.where(weights[:, None], flat, 0.0), weights
 
 
-def _gaussian_entropy_bound(variance: jax.Array, eps: float) -> jax.Array:
-    """Σ_i ½ log(2πe (Var_i + eps)) over the last axis."""
-    return 0.5 * jnp.sum(_LOG_2PIE + jnp.log(variance + eps), axis=-1)
+def _deviation_scale(largest: jax.Array, axis_name: str | None) -> jax.Array:
+    """The largest |deviation from the mean| over the global batch; 1 where there is none."""
+    # A constant: the log-variance does not depend on it, so neither does its gradient.
+    largest = jax.lax.stop_gradient(_pmax(largest, axis_name))
+    return jnp.where(largest > 0, largest, 1.0)
+
+
+def _gaussian_entropy_bound(squares: jax.Array, count: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """Σ_i ½ log(2πe (Var_i + eps)) over the last axis, Var_i = scale_i² squares_i / (count − 1).
+
+    ``squares`` sums (deviation / scale)², so nothing overflows for latents
+    beyond √(float32 max) ≈ 1.8e19; where scale > 1 the log is taken as
+    2 log scale + log(v + eps / scale²). Both branches stay finite, and so do
+    their gradients.
+    """
+    v = squares / jnp.maximum(count - 1.0, 1.0)
+    big = scale > 1.0
+    s_big, s_small = jnp.where(big, scale, 1.0), jnp.where(big, 1.0, scale)
+    log_var = jnp.where(big, 2.0 * jnp.log(s_big) + jnp.log(v + eps / s_big**2), jnp.log(s_small**2 * v + eps))
+    return 0.5 * jnp.sum(_LOG_2PIE + log_var, axis=-1)
 
 
 def activation_l2(
@@ -303,11 +344,15 @@ def activation_l2(
 
     Returns:
       Scalar mean squared norm (0 for an empty batch).
+
+    Raises:
+      ValueError: if a concrete result exceeds float32 (``z`` beyond ~1e19);
+        under ``jit`` it is inf instead.
     """
     flat, weights = _fold_samples(z, where)
     total = _psum(jnp.sum(weights * jnp.sum(flat**2, axis=-1)), axis_name)
     count = _psum(jnp.sum(weights.astype(jnp.float32)), axis_name)
-    return total / jnp.maximum(count, 1.0)
+    return _check_overflow(total / jnp.maximum(count, 1.0), "E||Z||^2", "`z` holds values beyond ~1e19")
 
 
 def log_variance(
@@ -338,9 +383,10 @@ def log_variance(
     w = weights.astype(jnp.float32)[:, None]
     count = _psum(jnp.sum(w), axis_name)
     mean = _psum(jnp.sum(w * flat, axis=0), axis_name) / jnp.maximum(count, 1.0)
-    centred = _psum(jnp.sum(w * (flat - mean) ** 2, axis=0), axis_name)
-    variance = centred / jnp.maximum(count - 1.0, 1.0)
-    return _gaussian_entropy_bound(variance, eps)
+    centred = w * (flat - mean)
+    scale = _deviation_scale(jnp.max(jnp.abs(centred), axis=0, initial=0.0), axis_name)
+    squares = _psum(jnp.sum((centred / scale) ** 2, axis=0), axis_name)
+    return _gaussian_entropy_bound(squares, count, scale, eps)
 
 
 def conditional_log_variance(
@@ -386,12 +432,13 @@ def conditional_log_variance(
     counts = _psum(jnp.sum(one_hot, axis=0), axis_name)                       # [C]
     sums = _psum(one_hot.T @ flat, axis_name)                                # [C, K]
     means = sums / jnp.maximum(counts, 1.0)[:, None]
-    centred = flat - one_hot @ means                       # masked rows are ignored below
-    squares = _psum(one_hot.T @ centred**2, axis_name)                       # [C, K]
-    variances = squares / jnp.maximum(counts - 1.0, 1.0)[:, None]
+    centred = flat - one_hot @ means                       # masked rows are 0 (or ignored below)
+    scale = _deviation_scale(jax.ops.segment_max(jnp.abs(centred), labels, num_classes), axis_name)
+    scaled = centred / jnp.take(scale, labels, axis=0, mode="clip")
+    squares = _psum(one_hot.T @ scaled**2, axis_name)                        # [C, K]
     usable = jnp.where(counts >= 2.0, counts, 0.0)
     p_y = usable / jnp.maximum(jnp.sum(usable), 1.0)
-    return jnp.sum(p_y * _gaussian_entropy_bound(variances, eps))
+    return jnp.sum(p_y * _gaussian_entropy_bound(squares, counts[:, None], scale, eps))
 
 
 def _gaussian_encoder(mean: jax.Array, scale: jax.Array, names=("mean", "scale")):
@@ -436,7 +483,9 @@ def kl_to_standard_normal(
       Scalar mean KL in nats (0 for an empty batch).
 
     Raises:
-      ValueError: for mismatched shapes, or a concrete σ ≤ 0 on a real example.
+      ValueError: for mismatched shapes, a concrete σ ≤ 0 (or below float32's
+        smallest normal, 1.2e-38) on a real example, or a concrete result
+        beyond float32 (μ or σ beyond ~1e19).
 
     Reference:
       Alemi, Fischer, Dillon & Murphy, "Deep Variational Information
@@ -448,21 +497,26 @@ def kl_to_standard_normal(
       0.5
     """
     mean, scale = _gaussian_encoder(mean, scale)
-    keep = jnp.broadcast_to(_check_where(where, mean.shape[1])[None, :, None], mean.shape)
+    mask = _check_where(where, mean.shape[1])
+    keep = jnp.broadcast_to(mask[None, :, None], mean.shape)
     if _is_concrete(scale) and _is_concrete(keep) and scale.size:
-        real = np.asarray(scale)[np.asarray(keep)]
-        if real.size and not np.all(real > 0):
-            raise ValueError(f"`scale` must be > 0 on every real example; got minimum {real.min()}.")
+        real = np.asarray(scale, np.float32)[np.asarray(keep)]
+        # XLA flushes float32 subnormals to 0, which would make log σ = -inf.
+        if real.size and not np.all(real >= _F32_TINY):
+            raise ValueError(
+                f"`scale` must be > 0 on every real example, and at least {_F32_TINY:.4g} (float32's "
+                f"smallest normal number; smaller ones flush to 0); got minimum {real.min()}."
+            )
     # Padding is replaced by N(0, 1), whose KL is 0, so that neither its value
     # nor its gradient (log 0, 0 · inf) can leak into the mean.
     mu = jnp.where(keep, mean.astype(jnp.float32), 0.0)
     log_sigma = jnp.log(jnp.where(keep, scale.astype(jnp.float32), 1.0))
     # σ² − 1 − 2 log σ as expm1(2 log σ) − 2 log σ: no cancellation near σ = 1.
     per_example = 0.5 * jnp.sum(mu**2 + jnp.expm1(2.0 * log_sigma) - 2.0 * log_sigma, axis=-1)
-    w = keep[..., 0].astype(jnp.float32)
+    w = jnp.broadcast_to(mask[None, :], mean.shape[:2]).astype(jnp.float32)
     total = _psum(jnp.sum(w * per_example), axis_name)
     count = _psum(jnp.sum(w), axis_name)
-    return total / jnp.maximum(count, 1.0)
+    return _check_overflow(total / jnp.maximum(count, 1.0), "KL", "`mean` or `scale` holds values beyond ~1e19")
 
 
 # --------------------------------------------------------------------------

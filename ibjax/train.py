@@ -347,19 +347,8 @@ class NonFiniteError(FloatingPointError):
     """Training produced NaN/Inf; the update was not applied and nothing was saved."""
 
 
-def _with_defaults(config_dict: dict, defaults: dict) -> dict:
-    """Fields a stored config lacks (added to ibjax after it was written) take their defaults."""
-    out = dict(config_dict)
-    for key, value in defaults.items():
-        if key not in out:
-            out[key] = value
-        elif isinstance(value, dict) and isinstance(out[key], dict):
-            out[key] = _with_defaults(out[key], value)
-    return out
-
-
 def _comparable(config_dict: dict, allow_num_epochs_change: bool) -> dict:
-    out = _with_defaults(json.loads(json.dumps(config_dict)), configlib.to_dict(configlib.default_config()))
+    out = configlib.with_defaults(json.loads(json.dumps(config_dict)))
     ignored = _IGNORED_ON_RESUME + (("train.num_epochs",) if allow_num_epochs_change else ())
     for dotted in ignored:
         section, field = dotted.split(".")
