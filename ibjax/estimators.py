@@ -17,9 +17,11 @@ padded to a multiple of ``block_size × devices``; padded rows and columns are
 masked. The neighbours are exact:
 
 1. Squared Euclidean distances are matrix-multiply shaped,
-   ‖q‖² + ‖x‖² − 2 q·x, in float32 on centred data. Each is shifted down by a
-   rigorous bound on its float32 rounding error, about (2d + 16) u (‖q‖² + ‖x‖²)
-   with u = 2⁻²⁴, so it is a *lower bound* of the true squared distance.
+   ‖q‖² + ‖x‖² − 2 q·x, in float32 on data centred and divided by a power
+   of two near its largest entry (exact, and no overflow or underflow at
+   magnitudes of 1e±30). Each is shifted down by a rigorous bound on its
+   float32 rounding error, about (2d + 16) u (‖q‖² + ‖x‖²) with u = 2⁻²⁴, so
+   it is a *lower bound* of the true squared distance.
 2. Columns are cut into groups of 16; the ``k + 2`` groups with the smallest
    lower bound are the candidates, and the candidates' distances are
    recomputed directly, Σ_c (q_c − x_c)², which is accurate to float32
@@ -159,7 +161,7 @@ def _check_jitter(jitter, rng) -> float:
 
 
 def _centred(x, name: str) -> np.ndarray:
-    """``x − mean(x)`` as a float32 host array, centred in float64 before the cast.
+    """``x − mean(x)`` as a float64 host array, to be cast by :func:`_rescaled`.
 
     Entropies and mutual information are translation invariant; centring first
     spends no float32 digits on a common offset and keeps ‖x‖² (and so the
@@ -170,7 +172,20 @@ def _centred(x, name: str) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         bad = np.count_nonzero(~np.isfinite(x))
         raise ValueError(f"{name} must be finite; it has {bad} NaN or inf entries")
-    return (x - x.mean(axis=0)).astype(np.float32)
+    return x - x.mean(axis=0)
+
+
+def _rescaled(*arrays: np.ndarray) -> tuple[list[np.ndarray], float]:
+    """The arrays divided by one power of two s near their largest |entry|, as float32, and log s.
+
+    Float32 squared distances overflow beyond ~1e19 and underflow to a false
+    duplicate below ~1e-19; at |x| < 1 neither happens. Dividing by a power
+    of two is exact: an entropy of X is that of X/s plus d log s, and the
+    KSG estimate of (X/s, Y/s) is that of (X, Y), bit for bit.
+    """
+    largest = max(float(np.max(np.abs(a), initial=0.0)) for a in arrays)
+    exponent = int(np.frexp(largest)[1])  # largest = m · 2^exponent, ½ ≤ m < 1
+    return [np.ldexp(a, -exponent).astype(np.float32) for a in arrays], exponent * math.log(2.0)
 
 
 def _jittered(x: np.ndarray, jitter: float, rng) -> np.ndarray:
@@ -484,10 +499,11 @@ def knn_entropy(
     block_size = _check_block_size(block_size)
     mesh = _check_devices(devices)
     jitter = _check_jitter(jitter, rng)
-    x = _jittered(_centred(x, "x"), jitter, rng)
+    (x,), log_scale = _rescaled(_centred(x, "x"))
+    x = _jittered(x, jitter, rng)
     log_eps = np.asarray(_knn_log_distances(x, k, block_size, mesh))
     _check_no_duplicates(np.isneginf(log_eps), k, "x")
-    return jnp.asarray(_kl_entropy(log_eps, d, k), jnp.float32)
+    return jnp.asarray(_kl_entropy(log_eps + log_scale, d, k), jnp.float32)
 
 
 def _check_labels(labels, n: int) -> np.ndarray:
@@ -568,16 +584,17 @@ def knn_conditional_entropy(
             raise ValueError(
                 f"class {label} of labels has {count} points; each class needs more than k = {k}"
             )
-    x = _jittered(_centred(x, "x"), jitter, rng)
+    (x,), log_scale = _rescaled(_centred(x, "x"))
+    x = _jittered(x, jitter, rng)
     block, padded = _layout(int(counts.max()), mesh.devices.size, block_size)
     total = 0.0
     for label, count in zip(classes, counts):
-        xc = _pad_rows(_centred(x[labels == label], "x"), padded)
+        (xc,), class_log_scale = _rescaled(_centred(x[labels == label], "x"))
         log_eps = np.asarray(
-            _padded_knn_log_distances(xc, np.int32(count), k=k, block=block, mesh=mesh)
+            _padded_knn_log_distances(_pad_rows(xc, padded), np.int32(count), k=k, block=block, mesh=mesh)
         )[:count]
         _check_no_duplicates(np.isneginf(log_eps), k, f"class {label} of x")
-        total += count / n * _kl_entropy(log_eps, d, k)
+        total += count / n * _kl_entropy(log_eps + log_scale + class_log_scale, d, k)
     return jnp.asarray(total, jnp.float32)
 
 
@@ -646,7 +663,7 @@ def ksg_mutual_information(
     block_size = _check_block_size(block_size)
     mesh = _check_devices(devices)
     jitter = _check_jitter(jitter, rng)
-    x, y = _centred(x, "x"), _centred(y, "y")
+    (x, y), _ = _rescaled(_centred(x, "x"), _centred(y, "y"))  # one scale: KSG is not invariant to two
     if jitter:
         rng_x, rng_y = jax.random.split(rng)
         x, y = _jittered(x, jitter, rng_x), _jittered(y, jitter, rng_y)

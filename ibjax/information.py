@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ibjax.losses import _check_float, _check_labels, _check_where, _psum
 
@@ -34,9 +35,12 @@ __all__ = [
 
 
 def _plogp(p: jax.Array) -> jax.Array:
-    """p log p with 0 log 0 = 0, and a finite gradient path where p = 0."""
-    positive = p > 0
-    return jnp.where(positive, p * jnp.log(jnp.where(positive, p, 1.0)), 0.0)
+    """p log p with 0 log 0 = 0, and a finite gradient path where p = 0.
+
+    A NaN or negative p gives NaN: a bad probability is never hidden as 0.
+    """
+    zero = p == 0
+    return jnp.where(zero, 0.0, p * jnp.log(jnp.where(zero, 1.0, p)))
 
 
 def _check_joint(joint: jax.Array) -> jax.Array:
@@ -69,13 +73,17 @@ def categorical_joint(
     Returns:
       ``[Cz, Cy]`` joint that sums to 1 (0 for an empty batch).
     """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"`num_classes` must be a positive Python int; got {num_classes!r}.")
     z_probs = _check_float(z_probs, "z_probs")
     if z_probs.ndim != 2:
         raise ValueError(f"`z_probs` must be [B, Cz]; got shape {z_probs.shape}.")
     labels = _check_labels(labels, z_probs.shape[0], num_classes)
     weights = _check_where(where, z_probs.shape[0]).astype(jnp.float32)
     one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * weights[:, None]
-    joint = _psum(z_probs.astype(jnp.float32).T @ one_hot, axis_name)
+    # Padding rows are zeroed first: whatever they hold (NaN) must not reach the joint as 0 · NaN.
+    z_probs = jnp.where(weights[:, None] > 0, z_probs.astype(jnp.float32), 0.0)
+    joint = _psum(z_probs.T @ one_hot, axis_name)
     return joint / jnp.maximum(_psum(jnp.sum(weights), axis_name), 1.0)
 
 
@@ -136,8 +144,8 @@ def optimal_decoder(joint: jax.Array) -> jax.Array:
     """
     joint = _check_joint(joint)
     p_z = jnp.sum(joint, axis=1, keepdims=True)
-    has_mass = p_z > 0
-    uniform = jnp.full_like(joint, 1.0 / joint.shape[1])
+    has_mass = p_z != 0  # not > 0: a NaN row stays NaN rather than turn uniform
+    uniform = jnp.full_like(joint, 1.0 / max(joint.shape[1], 1))
     return jnp.where(has_mass, joint / jnp.where(has_mass, p_z, 1.0), uniform)
 
 
@@ -202,16 +210,17 @@ def categorical_decoder_cross_entropy(
     decoder_log_probs = _check_float(decoder_log_probs, "decoder_log_probs")
     if decoder_log_probs.ndim != 2:
         raise ValueError(f"`decoder_log_probs` must be [Cz, Cy]; got shape {decoder_log_probs.shape}.")
-    if z_log_probs.ndim != 3 or z_log_probs.shape[-1] != decoder_log_probs.shape[0]:
+    if z_log_probs.ndim != 3 or not z_log_probs.shape[0] or z_log_probs.shape[-1] != decoder_log_probs.shape[0]:
         raise ValueError(
-            f"`z_log_probs` {z_log_probs.shape} must be [S, B, Cz] with Cz = {decoder_log_probs.shape[0]} "
-            "rows of `decoder_log_probs`."
+            f"`z_log_probs` {z_log_probs.shape} must be [S, B, Cz] with S >= 1 and Cz = "
+            f"{decoder_log_probs.shape[0]} rows of `decoder_log_probs`."
         )
     labels = _check_labels(labels, z_log_probs.shape[1], decoder_log_probs.shape[1])
     where = _check_where(where, z_log_probs.shape[1])
     nll = -decoder_log_probs.T[labels]                       # [B, Cz]: -log p(y_b|z)
     p = jnp.exp(z_log_probs)
-    terms = jnp.where(p > 0, p * jnp.where(p > 0, nll[None], 0.0), 0.0)
+    zero = p == 0  # 0 · log 0 = 0; a NaN p stays NaN
+    terms = jnp.where(zero, 0.0, p * jnp.where(zero, 0.0, nll[None]))
     values = jnp.mean(jnp.sum(terms, axis=-1), axis=0)
     return jnp.where(where, values, 0.0)
 

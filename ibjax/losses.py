@@ -579,15 +579,20 @@ def surrogate_loss(
 
     Raises:
       ValueError: for an unknown ``regularizer`` or ``cross_entropy``, a
-        negative concrete ``gamma``, or ``"vib"`` without ``z_mean`` and
-        ``z_scale``.
+        concrete ``gamma`` that is negative or not finite, ``"vib"`` without
+        ``z_mean`` and ``z_scale``, or a concrete loss beyond float32.
+      TypeError: for a ``gamma`` that is not a number.
     """
     if regularizer not in REGULARIZERS:
         raise ValueError(f"`regularizer` must be one of {REGULARIZERS}; got {regularizer!r}.")
     if cross_entropy not in CROSS_ENTROPIES:
         raise ValueError(f"`cross_entropy` must be one of {CROSS_ENTROPIES}; got {cross_entropy!r}.")
-    if _is_concrete(gamma) and np.ndim(gamma) == 0 and not float(gamma) >= 0.0:
-        raise ValueError(f"`gamma` must be a non-negative number; got {gamma!r}.")
+    if _is_concrete(gamma):
+        values = np.asarray(gamma)
+        if values.dtype.kind not in "iuf":
+            raise TypeError(f"`gamma` must be a number; got {gamma!r}.")
+        if not np.all(np.isfinite(values) & (values >= 0)):
+            raise ValueError(f"`gamma` must be a finite non-negative number; got {gamma!r}.")
     logits = _as_samples(logits)
     z = _latent_samples(z)
     if z.shape[:2] != logits.shape[:2]:
@@ -621,7 +626,7 @@ def surrogate_loss(
     else:
         reg = kl_to_standard_normal(z_mean, z_scale, mask, axis_name)
     ce = dce if cross_entropy == "decoder" else pce
-    loss = ce + gamma * reg
+    loss = _check_overflow(ce + gamma * reg, "The loss", "`gamma` times the regulariser is too large")
     metrics = {
         "loss": loss,
         "decoder_cross_entropy": dce,

@@ -106,8 +106,8 @@ def run(call, problems: dict, names, *, may_raise: bool = False, backticks: bool
     """Calls ``call()`` and checks the error half of the contract.
 
     Args:
-      problems: ``{argument: exception type}`` of the invalid inputs: the call
-        must raise one of those types, naming one of those arguments.
+      problems: ``{argument: exception type or types}`` of the invalid inputs:
+        the call must raise one of those types, naming one of those arguments.
       names: the argument names a message may use when ``may_raise``.
       may_raise: a ValueError naming one of ``names`` is allowed without a
         problem (the exact result overflows float32; points coincide).
@@ -120,7 +120,8 @@ def run(call, problems: dict, names, *, may_raise: bool = False, backticks: bool
     except (ValueError, TypeError) as err:
         named = named_arguments(str(err), backticks)
         if problems:
-            assert isinstance(err, tuple(set(problems.values()))), f"{err!r} for problems {problems}"
+            types = tuple(t for v in problems.values() for t in (v if isinstance(v, tuple) else (v,)))
+            assert isinstance(err, types), f"{err!r} for problems {problems}"
             assert named & set(problems), f"names none of {sorted(problems)}: {err}"
         else:
             assert may_raise and isinstance(err, ValueError), f"valid input raised {err!r}"
@@ -238,7 +239,7 @@ def real_rows(x: np.ndarray, where) -> np.ndarray:
     """``[S, B, K]`` or ``[B, K]`` -> the ``[N, K]`` real rows, samples folded in."""
     x = samples_first(x)
     keep = np.ones(x.shape[1], bool) if where is None else np.asarray(where)
-    return x[:, keep].reshape(-1, x.shape[-1])
+    return x[:, keep].reshape(x.shape[0] * int(keep.sum()), x.shape[-1])
 
 
 def real_labels(labels, where, num_samples: int) -> np.ndarray:
@@ -914,10 +915,10 @@ def kth_distances(points: np.ndarray, k: int, p=2) -> np.ndarray:
 
 
 def point_problems(x, name: str, k: int, dtype: str) -> dict:
+    if x.ndim != 2 or x.shape[1] == 0 or x.shape[0] <= k:  # checked first, or with the dtype
+        return {name: ValueError if dtype in FLOATS else (ValueError, TypeError)}
     if dtype not in FLOATS:
         return {name: TypeError}
-    if x.ndim != 2 or x.shape[1] == 0 or x.shape[0] <= k:
-        return {name: ValueError}
     if not np.all(np.isfinite(x)):
         return {name: ValueError}
     return {}
