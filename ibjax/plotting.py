@@ -437,6 +437,11 @@ def plot_error_vs_entropy_cap(records: Sequence[Mapping[str, Any]]) -> Figure:
                 alpha=0.2,
                 lw=0,
             )
+    all_caps = np.array([cap for caps in grouped.values() for cap in caps])
+    nonzero = np.abs(all_caps[all_caps != 0])
+    if nonzero.size and nonzero.max() / nonzero.min() > 100:
+        # Caps spanning orders of magnitude (a geometric schedule): symmetric log scale.
+        ax.set_xscale("symlog", linthresh=float(nonzero.min()))
     ax.invert_xaxis()
     ax.set_xlabel(r"Entropy cap on $H[Z]$ (nats), tightening $\rightarrow$")
     ax.set_ylabel("Training error rate")
