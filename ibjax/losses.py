@@ -368,7 +368,9 @@ def log_variance(
 
     with the unbiased (ddof = 1) sample variance over the batch and sample
     axes. Computed in two passes (mean, then centred squares) so that a latent
-    with a large mean and a small spread keeps its precision.
+    with a large mean and a small spread keeps its precision; the deviations
+    are divided by the largest one before squaring, so that latents beyond
+    ~1e19 give their finite log-variance rather than inf.
 
     Args:
       z: ``[B, K]`` or ``[S, B, K]`` latent.

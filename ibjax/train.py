@@ -275,10 +275,14 @@ def train_step_fn(model, tx, config, num_classes: int, mesh: Mesh) -> Callable:
         ok = (bad_bits == 0) & healthy
         first_bad = (bad_bits > 0) & healthy
 
-        updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
-        candidate = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                                  batch_stats=new_batch_stats, opt_state=opt_state)
-        new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), candidate, state)
+        def apply_update(state):
+            updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
+            return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                                 batch_stats=new_batch_stats, opt_state=opt_state)
+
+        # A conditional rather than a select over every parameter: the healthy
+        # path costs nothing extra (under a population vmap it becomes a select).
+        new_state = jax.lax.cond(ok, apply_update, lambda state: state, state)
         new_totals = {k: totals[k] + jnp.where(ok, metrics[k], 0.0) for k in names}
         new_totals["steps"] = totals["steps"] + ok
         new_totals["bad_step"] = jnp.where(first_bad, state.step, totals["bad_step"])
