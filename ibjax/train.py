@@ -237,30 +237,32 @@ def zero_totals(config) -> dict[str, jax.Array]:
     return totals
 
 
-def train_step_fn(model, tx, config, num_classes: int, mesh: Mesh) -> Callable:
+def train_step_fn(model, tx, config, num_classes: int, mesh: Mesh, *, population: bool = False) -> Callable:
     """The pure train step ``(state, totals, images, labels, batch_idx, rng, gamma) -> (state, totals)``.
 
     ``images``/``labels`` are the whole (replicated) training set on device;
     ``batch_idx`` ``[B]`` picks the batch, sharded over the mesh; ``gamma`` is
-    the regularisation weight (an array, so a population can vmap over it).
-    ``totals`` accumulates the batch-mean metrics on device.
+    the regularisation weight. ``totals`` accumulates the batch-mean metrics
+    on device. With ``population=True``, state, totals and ``gamma`` carry a
+    leading member axis and the gradients and updates are vmapped over it:
+    every member takes the same batch and the same randomness.
 
     Before the update is applied, the cross-entropy, the regulariser, the
     loss and the gradient norm are checked for NaN/Inf. A bad step changes
-    nothing: the state stays at its last good value, ``totals["bad_step"]``
-    records the step and ``totals["bad_terms"]`` a bit per bad term
-    (:data:`WATCHED_TERMS`), and every later step is skipped, so the host can
-    report it at the end of the epoch without a round-trip per step.
+    nothing: the state stays at its last good value (in a population, every
+    member's), ``totals["bad_step"]`` records the step and
+    ``totals["bad_terms"]`` a bit per bad term (:data:`WATCHED_TERMS`), and
+    every later step is skipped, so the host can report it at the end of the
+    epoch without a round-trip per step. The skip is one conditional on a
+    scalar, so the healthy path costs no select over the parameters.
     """
     batch_sharding = NamedSharding(mesh, P("data"))
     names = metric_names(config)
     ce_name = ("decoder_uncertainty" if config.objective.loss == "decoder_uncertainty"
                else f"{config.objective.cross_entropy}_cross_entropy")
 
-    def step(state, totals, images, labels, batch_idx, rng, gamma):
+    def gradients(state, x, y, rng, gamma):
         rng = jax.random.fold_in(rng, state.step)
-        batch_idx = jax.lax.with_sharding_constraint(batch_idx, batch_sharding)
-        x, y = images[batch_idx], labels[batch_idx]
 
         def loss_fn(params):
             out, new_batch_stats = _forward(model, config, params, state.batch_stats, x, rng, train=True)
@@ -271,18 +273,25 @@ def train_step_fn(model, tx, config, num_classes: int, mesh: Mesh) -> Callable:
         metrics = dict(metrics, accuracy=jnp.mean(_correct(logits, y)), gradient_norm=optax.tree.norm(grads))
         watched = (metrics[ce_name], metrics["regularizer"], loss, metrics["gradient_norm"])
         bad_bits = sum(jnp.where(jnp.isfinite(v), 0, 1 << i) for i, v in enumerate(watched))
-        healthy = totals["bad_step"] < 0
-        ok = (bad_bits == 0) & healthy
+        return grads, loss, metrics, new_batch_stats, bad_bits
+
+    def update(state, grads, loss, new_batch_stats):
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
+        return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                             batch_stats=new_batch_stats, opt_state=opt_state)
+
+    if population:
+        gradients = jax.vmap(gradients, in_axes=(0, None, None, None, 0))
+        update = jax.vmap(update)
+
+    def step(state, totals, images, labels, batch_idx, rng, gamma):
+        batch_idx = jax.lax.with_sharding_constraint(batch_idx, batch_sharding)
+        x, y = images[batch_idx], labels[batch_idx]
+        grads, loss, metrics, new_batch_stats, bad_bits = gradients(state, x, y, rng, gamma)
+        healthy = jnp.all(totals["bad_step"] < 0)
+        ok = jnp.all(bad_bits == 0) & healthy
         first_bad = (bad_bits > 0) & healthy
-
-        def apply_update(state):
-            updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
-            return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                                 batch_stats=new_batch_stats, opt_state=opt_state)
-
-        # A conditional rather than a select over every parameter: the healthy
-        # path costs nothing extra (under a population vmap it becomes a select).
-        new_state = jax.lax.cond(ok, apply_update, lambda state: state, state)
+        new_state = jax.lax.cond(ok, lambda s: update(s, grads, loss, new_batch_stats), lambda s: s, state)
         new_totals = {k: totals[k] + jnp.where(ok, metrics[k], 0.0) for k in names}
         new_totals["steps"] = totals["steps"] + ok
         new_totals["bad_step"] = jnp.where(first_bad, state.step, totals["bad_step"])
@@ -295,14 +304,11 @@ def train_step_fn(model, tx, config, num_classes: int, mesh: Mesh) -> Callable:
 def make_train_step(model, tx, config, num_classes: int, mesh: Mesh, *, population: bool = False) -> Callable:
     """:func:`train_step_fn`, jitted with state and totals donated.
 
-    With ``population=True`` the step is vmapped over a leading member axis of
-    the state, the totals and ``gamma``: one compiled step advances every
-    member on the same batch with the same randomness.
+    With ``population=True`` one compiled step advances every member of a
+    population (state, totals and ``gamma`` stacked on a leading axis) on the
+    same batch with the same randomness.
     """
-    step = train_step_fn(model, tx, config, num_classes, mesh)
-    if population:
-        step = jax.vmap(step, in_axes=(0, 0, None, None, None, None, 0))
-    return jax.jit(step, donate_argnums=(0, 1))
+    return jax.jit(train_step_fn(model, tx, config, num_classes, mesh, population=population), donate_argnums=(0, 1))
 
 
 def make_eval_step(model, config, num_classes: int, mesh: Mesh, *, population: bool = False) -> Callable:

@@ -100,3 +100,12 @@ def test_population_gammas_are_validated():
     config.population.gammas = (0.1, -1.0)
     with pytest.raises(configlib.ConfigError, match="population.gammas"):
         configlib.validate(config)
+
+
+def test_a_diverging_member_stops_the_population_and_is_named(tmp_path):
+    config = digits_config(epochs=1)
+    config.objective.regularizer = "l2"
+    config.population.gammas = (0.01, 3e38)  # the second loss overflows float32
+    with pytest.raises(train.NonFiniteError, match=r"at step 0 \(epoch 1, member 1 with gamma=3e\+38\)"):
+        train.train_and_evaluate(config, tmp_path / "pop")
+    assert not (tmp_path / "pop" / "lock").exists()
