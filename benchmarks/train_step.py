@@ -3,9 +3,9 @@ r"""Steady-state throughput of ibjax's training step, side by side with eager Py
   XLA_FLAGS= python benchmarks/train_step.py            # default rows -> benchmarks/RESULTS.md
   python benchmarks/train_step.py --rows mlp_categorical,population_g16 --repeats 5 --steps 20 --no_torch
 
-Each row builds its model from a config in ``configs/`` with
-``ibjax.models.create_model`` and times the jitted step of
-``ibjax.train.make_train_step`` (the step ``train_and_evaluate`` runs) on
+Each row builds its run from a config in ``configs/`` with
+``ibjax.experiment.setup`` and times its jitted train step
+(``Experiment.train_step``, the step ``train_and_evaluate`` runs) on
 synthetic uint8 images already on the device. A row's time is the median
 over ``--repeats`` repeats of ``--steps`` steps each, every repeat ending in
 ``jax.block_until_ready``, after the ahead-of-time compile (reported apart)
@@ -16,6 +16,9 @@ The comparison of a row — eager PyTorch (``benchmarks/torch_reference.py``,
 ``--torch``) for a single model, G sequential single-model steps for a
 population — is timed by the same harness in the same process, its repeats
 alternating with ibjax's so that changes in the machine's load hit both.
+A single-model step is the step with no member axis (``member_map=
+'sequential'`` with one member), so ``population_g1`` measures what the
+member axis every run now carries costs at M = 1.
 PyTorch gets ``torch.set_num_threads`` = the cores this process may run on,
 which is what XLA's CPU thread pool uses.
 
@@ -48,7 +51,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ibjax import config as configlib
-from ibjax import models, train
+from ibjax import data as datalib
+from ibjax import experiment
+from ibjax import step as steplib
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "RESULTS.md"
@@ -257,40 +262,36 @@ def peak_flops(device: jax.Device, dtype: str) -> float | None:
     return None
 
 
-def _compiled_step(config: ml_collections.ConfigDict, members: int, data, seed: int):
-    """Builds, initialises and compiles the train step.
+def _experiment(config: ml_collections.ConfigDict, data) -> experiment.Experiment:
+    """The row's run on synthetic data (test split: the first 256 images, unused by the step)."""
+    images, labels = data
+    dataset = datalib.Dataset("benchmark", images, labels, images[:256], labels[:256], 10)
+    return experiment.setup(config, dataset=dataset)
+
+
+def _compiled_step(config: ml_collections.ConfigDict, members: int, data, seed: int, member_map: str = "vmap"):
+    """Builds, initialises and compiles the train step of ``members`` ≥ 1 members.
 
     Returns:
       (compiled step, state, totals, (images, labels, rng, gamma), lower + compile seconds, FLOPs per step).
     """
-    mesh = train.make_mesh()
-    model = models.create_model(ml_collections.ConfigDict({**config.model.to_dict(), "dtype": config.dtype}), 10)
-    tx = train.make_optimizer(config, steps_per_epoch=100)
-    replicated = NamedSharding(mesh, P())
-    images, labels = jax.device_put(data, replicated)
-    # Jitted: op-by-op initialisation of a large model takes longer than compiling it.
-    state = jax.jit(lambda key: train.create_train_state(key, model, tx, images.shape[1:]))(jax.random.key(seed))
-    totals = train.zero_totals(config)
-    gamma = jnp.asarray(config.objective.gamma, jnp.float32)
-    if members:
-        def stack(tree):
-            return jax.tree.map(lambda *xs: jnp.stack(xs), *[tree] * members)
-
-        state, totals = stack(state), stack(totals)
-        gamma = jnp.full((members,), config.objective.gamma, jnp.float32)
-    state, totals, gamma = jax.device_put((state, totals, gamma), replicated)
-    rng = jax.random.key(seed + 1)
-    step = train.make_train_step(model, tx, config, 10, mesh, population=bool(members))
-    example_idx = jax.device_put(jnp.zeros((config.train.batch_size,), jnp.int32), NamedSharding(mesh, P("data")))
+    run = _experiment(config, data)
+    images, labels = jax.device_put(data, run.replicated)
+    single = run.member_state(jax.random.key(seed))
+    state = jax.device_put(steplib.stack_members([single] * members), run.replicated)
+    totals = jax.device_put(steplib.zero_totals(config, members), run.replicated)
+    gamma = jax.device_put(jnp.full((members,), config.objective.gamma, jnp.float32), run.replicated)
+    rng = jax.device_put(jnp.stack([jax.random.key(seed + 1)] * members), run.replicated)
+    example_idx = jax.device_put(jnp.zeros((config.train.batch_size,), jnp.int32), run.batch_sharding)
     start = time.perf_counter()
-    lowered = step.lower(state, totals, images, labels, example_idx, rng, gamma)
+    lowered = run.train_step(member_map).lower(state, totals, images, labels, example_idx, rng, gamma)
     compiled = lowered.compile()
     seconds = time.perf_counter() - start
-    return compiled, state, totals, (images, labels, rng, gamma), seconds, _flops(lowered, compiled, mesh.size)
+    return compiled, state, totals, (images, labels, rng, gamma), seconds, _flops(lowered, compiled, run.mesh.size)
 
 
 def _device_batches(config, num_images: int, seed: int) -> list[jax.Array]:
-    sharding = NamedSharding(train.make_mesh(), P("data"))
+    sharding = NamedSharding(steplib.make_mesh(), P("data"))
     return [jax.device_put(b, sharding) for b in batch_indices(num_images, config.train.batch_size, seed=seed)]
 
 
@@ -299,7 +300,7 @@ def prepare_ibjax(row: Row, *, num_images: int = 4096, seed: int = 0) -> Runner:
     config = row_config(row)
     data = synthetic_data(row, num_images, seed)
     compiled, state, totals, (images, labels, rng, gamma), compile_seconds, flops = _compiled_step(
-        config, row.members, data, seed)
+        config, max(row.members, 1), data, seed)
     batches = _device_batches(config, num_images, seed)
     i = 0
 
@@ -321,7 +322,9 @@ def prepare_sequential(row: Row, *, num_images: int = 4096, seed: int = 0) -> Ru
         raise ValueError(f"`row.members` must be >= 1 for a sequential population; got {row.members}.")
     config = row_config(row)
     data = synthetic_data(row, num_images, seed)
-    compiled, state, totals, (images, labels, rng, gamma), compile_seconds, _ = _compiled_step(config, 0, data, seed)
+    # member_map='sequential' with one member is the unbatched single-model step: no member axis is vmapped.
+    compiled, state, totals, (images, labels, rng, gamma), compile_seconds, _ = _compiled_step(
+        config, 1, data, seed, member_map="sequential")
     # Each member owns its buffers: the step donates them.
     states = [state] + [jax.tree.map(jnp.copy, state) for _ in range(row.members - 1)]
     all_totals = [totals] + [jax.tree.map(jnp.copy, totals) for _ in range(row.members - 1)]

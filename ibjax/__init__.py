@@ -9,4 +9,4 @@ Submodules are imported on demand so that ``import ibjax.losses`` stays light:
 * ``ibjax.information``  -- exact discrete quantities for a categorical latent.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -27,13 +27,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from ibjax import config as configlib
 from ibjax import data as datalib
-from ibjax import estimators, information, models, train
+from ibjax import estimators, evaluation, experiment, information
 from ibjax.io import append_jsonl, read_jsonl
 
 __all__ = ["continuous_quantities", "categorical_quantities", "gaussian_conditional_entropy", "make_latent_fn",
@@ -168,12 +165,8 @@ def make_latent_fn(model, config, *, stochastic: bool = False, scale: bool = Fal
 def compute_latents(latent_fn, state, images, *, num_draws: int = 1, rng=None, batch_size: int = 512) -> jax.Array:
     """Latents of ``images`` for ``num_draws`` independent noise/dropout draws: ``[num_draws, N, ...]``."""
     rng = jax.random.key(0) if rng is None else rng
-    draws = []
-    for d in range(num_draws):
-        chunks = [latent_fn(state, images[i:i + batch_size], jax.random.fold_in(jax.random.fold_in(rng, d), i))
-                  for i in range(0, images.shape[0], batch_size)]
-        draws.append(jnp.concatenate(chunks))
-    return jnp.stack(draws)
+    return jnp.stack([evaluation.map_batches(lambda batch, key: latent_fn(state, batch, key), images, batch_size,
+                                             rng=jax.random.fold_in(rng, d)) for d in range(num_draws)])
 
 
 def _h_z_given_x(config, stochastic_fn, scale_fn, state, images, k: int, num_examples: int = 64,
@@ -211,35 +204,29 @@ def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = 
     Returns:
       The records computed by this call.
     """
+    with experiment.restore_run(workdir) as run:
+        return _analyze_checkpoints(run, k, max_examples, progress)
+
+
+def _analyze_checkpoints(run: experiment.RunCheckpoints, k: int, max_examples: int, progress: bool) -> list[dict]:
     from tqdm.auto import tqdm
 
-    workdir = Path(workdir).absolute()  # Orbax needs absolute paths
-    config_path = workdir / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training run directory.")
-    config = configlib.load_stored(config_path)
-    dataset = train.load_data(config)
+    config, dataset, workdir = run.experiment.config, run.experiment.dataset, run.workdir
+    model = run.experiment.model
     images, labels = dataset.x_train, dataset.y_train
     if max_examples:
         images, labels = images[:max_examples], labels[:max_examples]
-    model = models.create_model(ml_collections.ConfigDict({**config.model.to_dict(), "dtype": config.dtype}),
-                                dataset.num_classes)
-    tx = train.make_optimizer(config, steps_per_epoch=1)
-    like = train.create_train_state(jax.random.key(0), model, tx, dataset.image_shape)
     metrics_path = workdir / "metrics.jsonl"
     metrics = {m["epoch"]: m for m in (read_jsonl(metrics_path) if metrics_path.exists() else [])}
-
     out_path = workdir / "information_plane.jsonl"
     done = _read_done_epochs(out_path)
-    manager = ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(read_only=True),
-                                    item_names=("state", "meta"))
-    epochs = [e for e in manager.all_steps() if e not in done]
+    epochs = [e for e in run.epochs if e not in done]
     latent_fn = make_latent_fn(model, config)
     stochastic_fn = make_latent_fn(model, config, stochastic=True)
     scale_fn = make_latent_fn(model, config, scale=True) if config.model.latent == "vib" else None
     records = []
-    for epoch in tqdm(sorted(epochs), desc=f"analyse {workdir.name}", unit="ckpt", disable=not progress):
-        state, _ = train.restore_state(manager, epoch, like)
+    for epoch in tqdm(epochs, desc=f"analyse {workdir.name}", unit="ckpt", disable=not progress):
+        state, _ = run.restore(epoch)
         latents = compute_latents(latent_fn, state, images)[0]
         if config.model.latent == "categorical":
             quantities = categorical_quantities(np.asarray(latents), labels, dataset.num_classes)
@@ -259,5 +246,4 @@ def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = 
         }
         append_jsonl(out_path, record)
         records.append(record)
-    manager.close()
     return records

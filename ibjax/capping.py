@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import FrozenDict
 
-from ibjax import losses, models
+from ibjax import data as datalib
+from ibjax import evaluation, losses, models, step
 
 __all__ = [
     "CAPPABLE_ENCODERS",
@@ -46,6 +47,8 @@ __all__ = [
     "entropy_cap_scale",
     "noise_free_latent",
     "cap_latent_entropy",
+    "entropy_cap",
+    "cap_state",
 ]
 
 # The encoder's last dense layer, whose outputs are the latent Ẑ.
@@ -263,3 +266,61 @@ def cap_latent_entropy(
     shift = jnp.dot(mean, d, precision=jax.lax.Precision.HIGHEST)
     params = _updated(params, ("encoder", layer), {"kernel": w * gain, "bias": (b - mean) * gain})
     return _updated(params, ("decoder", "output"), {"kernel": d / gain[:, None], "bias": c + shift})
+
+
+def entropy_cap(schedule, epoch: int) -> float | None:
+    """The cap (nats) applied after ``epoch`` (1-based) by ``config.capping.schedule``; None when off.
+
+    Epochs past the end of the schedule keep its last cap.
+
+    Example:
+      >>> entropy_cap((10.0, 0.0), 1), entropy_cap((10.0, 0.0), 5), entropy_cap((), 1)
+      (10.0, 0.0, None)
+    """
+    schedule = tuple(schedule)
+    return float(schedule[min(epoch, len(schedule)) - 1]) if schedule else None
+
+
+def cap_state(model: models.IBModel, config, state: step.TrainState, images, cap: float,
+              latent_fn=None) -> tuple[step.TrainState, list[float]]:
+    """Section 7.2: rescales every member's latent to an entropy bound of ``cap`` nats, predictions unchanged.
+
+    The moments come from the first ``config.capping.num_examples`` training
+    images (eval mode, no noise), in batches of ``config.train.eval_batch_size``.
+
+    Args:
+      model: the run's :class:`ibjax.models.IBModel`.
+      config: the experiment config.
+      state: the run's state with its member axis ``[M]``.
+      images: the uint8 training images.
+      cap: the entropy cap in nats.
+      latent_fn: a jitted ``(variables, images) -> Ẑ`` to reuse across epochs
+        (default: built here).
+
+    Returns:
+      The new state and, per member, the entropy bound of its new latent on those images.
+    """
+    if latent_fn is None:
+        latent_fn = make_latent_fn(model, config)
+    num_examples = config.capping.num_examples or None
+    size = config.train.eval_batch_size
+
+    def latents(params, batch_stats):
+        variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+        return evaluation.map_batches(lambda batch, _: latent_fn(variables, batch), images, size,
+                                      num_examples=num_examples)
+
+    params, bounds = [], []
+    for i in range(jax.tree.leaves(state.step)[0].shape[0]):
+        member = step.member(state, i)
+        mean, std = latent_moments(latents(member.params, member.batch_stats))
+        capped = cap_latent_entropy(member.params, mean, std, cap, model=model)
+        params.append(capped)
+        bounds.append(float(entropy_bound(latents(capped, member.batch_stats))))
+    return state.replace(params=step.stack_members(params)), bounds
+
+
+def make_latent_fn(model: models.IBModel, config):
+    """Jitted ``(variables, images_uint8) -> Ẑ [B, K]``: the latent before its noise, eval mode."""
+    return jax.jit(lambda variables, images: noise_free_latent(model, variables,
+                                                               datalib.preprocess(images, config.data.name)))

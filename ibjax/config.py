@@ -20,7 +20,10 @@ from ibjax.data import DATASET_SOURCES, DATASETS
 from ibjax.losses import CROSS_ENTROPIES, REGULARIZERS
 from ibjax.models import DECODERS, DTYPES, ENCODERS, LATENTS
 
-__all__ = ["ConfigError", "LOSSES", "default_config", "from_file", "with_defaults", "load_stored", "validate", "to_dict", "to_json", "from_json", "differences"]
+__all__ = ["ConfigError", "LOSSES", "default_config", "from_file", "with_defaults", "read_stored", "load_stored", "validate", "to_dict", "to_json", "from_json", "differences"]
+
+# Sources that read the files at config.data.path.
+_PATH_SOURCES = ("idx", "npz", "cifar_pickle")
 
 #: Valid ``objective.loss`` values.
 LOSSES: tuple[str, ...] = ("cross_entropy", "decoder_uncertainty")
@@ -87,7 +90,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _check_known_fields(config)
     _choice(config, "data.name", DATASETS)
     _choice(config, "data.source", DATASET_SOURCES[config.data.name])
-    if config.data.source in ("idx", "npz") and not config.data.path:
+    if config.data.source in _PATH_SOURCES and not config.data.path:
         raise ConfigError(f"config.data.path is required for config.data.source={config.data.source!r}.")
     _positive_int(config, "data.split_at", allow_zero=True)
     if not isinstance(config.data.augment, bool):
@@ -128,8 +131,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _positive_int(config, "checkpoint.max_to_keep", allow_zero=True)
     _nonneg_float(config, "train.learning_rate", positive=True)
     factor = _get(config, "train.plateau_factor")
-    if not isinstance(factor, (int, float)) or not 0 < factor <= 1:
-        raise ConfigError(f"config.train.plateau_factor must be in (0, 1]; got {factor!r}.")
+    # optax's reduce_on_plateau rejects 1.0; a constant rate is a patience longer than the run.
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor < 1:
+        raise ConfigError(f"config.train.plateau_factor must be in (0, 1) (open interval); got {factor!r}.")
     for field in ("train.batch_size", "train.eval_batch_size"):
         if _get(config, field) % num_devices:
             raise ConfigError(f"config.{field}={_get(config, field)} must be divisible by the "
@@ -156,8 +160,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         if config.model.latent != "continuous" or config.model.decoder != "linear":
             raise ConfigError("config.capping.schedule needs config.model.latent='continuous' and "
                               "config.model.decoder='linear'.")
-        if gammas:
-            raise ConfigError("config.capping.schedule is not supported with config.population.gammas.")
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -192,16 +194,25 @@ def with_defaults(config_dict: dict[str, Any], defaults: dict[str, Any] | None =
     return out
 
 
+def read_stored(path) -> dict[str, Any]:
+    """A run's stored ``config.json`` as written (a plain dict, not completed with defaults).
+
+    Raises :class:`ConfigError` naming the file for malformed JSON; executes
+    nothing from the file.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    return from_json(path.read_text(encoding="utf-8"), str(path)).to_dict()
+
+
 def load_stored(path) -> ml_collections.ConfigDict:
     """A run's stored ``config.json``: parsed, completed with defaults, validated.
 
     Raises :class:`ConfigError` naming the file for malformed JSON, wrong
     types or unknown fields; executes nothing from the file.
     """
-    from pathlib import Path
-
-    path = Path(path)
-    config = ml_collections.ConfigDict(with_defaults(from_json(path.read_text(), str(path)).to_dict()))
+    config = ml_collections.ConfigDict(with_defaults(read_stored(path)))
     try:
         validate(config)
     except ConfigError as error:

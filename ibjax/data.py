@@ -42,6 +42,7 @@ __all__ = [
     "DatasetError",
     "DatasetFileNotFoundError",
     "load_dataset",
+    "load_data",
     "pixel_permutation",
     "normalize",
     "preprocess",
@@ -575,3 +576,14 @@ def eval_batches(num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Arr
     num_batches = -(-num_examples // batch_size)
     positions = jnp.arange(num_batches * batch_size, dtype=jnp.int32).reshape(num_batches, batch_size)
     return jnp.minimum(positions, num_examples - 1), positions < num_examples
+
+
+def load_data(config) -> Dataset:
+    """The data set an experiment config's ``data`` section names (host uint8 arrays)."""
+    return load_dataset(
+        config.data.name,
+        source=config.data.source,
+        path=config.data.path or None,
+        split_at=config.data.split_at or None,
+        permutation_seed=config.data.permutation_seed,
+    )

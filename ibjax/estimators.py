@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from collections.abc import Sequence
 
 import jax
@@ -73,6 +72,8 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 from scipy import special
+
+from ibjax import _checks
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -92,67 +93,6 @@ _EXTRA_GROUPS = 2
 # Unit roundoff of float32.
 _U = 2.0**-24
 _AXIS = "queries"
-
-
-# --------------------------------------------------------------------------
-# Input checks
-# --------------------------------------------------------------------------
-
-
-def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    return int(k)
-
-
-def _check_block_size(block_size) -> int | None:
-    if block_size is None:
-        return None
-    if (
-        isinstance(block_size, bool)
-        or not isinstance(block_size, numbers.Integral)
-        or block_size < 1
-    ):
-        raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
-    return int(block_size)
-
-
-def _check_points(x, name: str, k: int) -> tuple[int, int]:
-    """Checks that ``x`` is a 2-D float array with more than k rows."""
-    shape = getattr(x, "shape", None)
-    dtype = getattr(x, "dtype", None)
-    if shape is None or dtype is None:
-        raise TypeError(f"{name} must be a 2-D float array [N, d], got {type(x).__name__}")
-    if len(shape) != 2:
-        raise ValueError(f"{name} must be 2-D [N, d], got shape {tuple(shape)}")
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"{name} must have a floating dtype, got {dtype}")
-    n, d = shape
-    if d < 1:
-        raise ValueError(f"{name} must have at least one column, got shape {tuple(shape)}")
-    if n <= k:
-        raise ValueError(f"{name} needs more than k = {k} points, got N = {n}")
-    return n, d
-
-
-def _check_devices(devices) -> Mesh:
-    """A 1-D mesh over ``devices`` (default: every device of the default backend)."""
-    if devices is None:
-        devices = jax.devices()
-    if isinstance(devices, jax.Device):
-        devices = [devices]
-    devices = list(devices)
-    if not devices or not all(isinstance(d, jax.Device) for d in devices):
-        raise TypeError(f"devices must be a non-empty sequence of jax.Device or None, got {devices!r}")
-    return Mesh(np.array(devices), (_AXIS,))
-
-
-def _check_jitter(jitter, rng) -> float:
-    if isinstance(jitter, bool) or not isinstance(jitter, numbers.Real) or not jitter >= 0:
-        raise ValueError(f"jitter must be a float >= 0, got {jitter!r}")
-    if jitter > 0 and rng is None:
-        raise ValueError("rng (a jax.random key) is required when jitter > 0")
-    return float(jitter)
 
 
 # --------------------------------------------------------------------------
@@ -429,6 +369,13 @@ def _kl_entropy(log_eps: np.ndarray, d: int, k: int) -> float:
     )
 
 
+def _arguments(x, k, block_size, devices, jitter, rng):
+    """The checked arguments every estimator takes: ``(k, (N, d), block_size, mesh, jitter)``."""
+    k = _checks.check_k(k)
+    return (k, _checks.check_points(x, "x", k), _checks.check_block_size(block_size),
+            _checks.check_devices(devices, _AXIS), _checks.check_jitter(jitter, rng))
+
+
 def knn_entropy(
     x: jax.Array,
     k: int = 3,
@@ -494,30 +441,12 @@ def knn_entropy(
       >>> abs(h - math.log(2 * math.pi * math.e)) < 0.05
       True
     """
-    k = _check_k(k)
-    n, d = _check_points(x, "x", k)
-    block_size = _check_block_size(block_size)
-    mesh = _check_devices(devices)
-    jitter = _check_jitter(jitter, rng)
+    k, (n, d), block_size, mesh, jitter = _arguments(x, k, block_size, devices, jitter, rng)
     (x,), log_scale = _rescaled(_centred(x, "x"))
     x = _jittered(x, jitter, rng)
     log_eps = np.asarray(_knn_log_distances(x, k, block_size, mesh))
     _check_no_duplicates(np.isneginf(log_eps), k, "x")
     return jnp.asarray(_kl_entropy(log_eps + log_scale, d, k), jnp.float32)
-
-
-def _check_labels(labels, n: int) -> np.ndarray:
-    shape = getattr(labels, "shape", None)
-    dtype = getattr(labels, "dtype", None)
-    if shape is None or dtype is None:
-        raise TypeError(f"labels must be a 1-D integer array [N], got {type(labels).__name__}")
-    if len(shape) != 1 or shape[0] != n:
-        raise ValueError(
-            f"labels must be 1-D with one label per row of x (N = {n}), got shape {tuple(shape)}"
-        )
-    if not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(f"labels must have an integer dtype, got {dtype}")
-    return np.asarray(labels)
 
 
 def knn_conditional_entropy(
@@ -572,12 +501,8 @@ def knn_conditional_entropy(
       >>> abs(h - 0.5 * math.log(2 * math.pi * math.e)) < 0.05
       True
     """
-    k = _check_k(k)
-    n, d = _check_points(x, "x", k)
-    labels = _check_labels(labels, n)
-    block_size = _check_block_size(block_size)
-    mesh = _check_devices(devices)
-    jitter = _check_jitter(jitter, rng)
+    k, (n, d), block_size, mesh, jitter = _arguments(x, k, block_size, devices, jitter, rng)
+    labels = _checks.check_host_labels(labels, n)
     classes, counts = np.unique(labels, return_counts=True)
     for label, count in zip(classes, counts):
         if count <= k:
@@ -655,14 +580,10 @@ def ksg_mutual_information(
       >>> abs(mi + 0.5 * math.log(1 - 0.9**2)) < 0.05
       True
     """
-    k = _check_k(k)
-    n, dim_x = _check_points(x, "x", k)
-    _check_points(y, "y", k)
+    k, (n, dim_x), block_size, mesh, jitter = _arguments(x, k, block_size, devices, jitter, rng)
+    _checks.check_points(y, "y", k)
     if y.shape[0] != n:
         raise ValueError(f"x and y must have the same number of rows, got {x.shape[0]} and {y.shape[0]}")
-    block_size = _check_block_size(block_size)
-    mesh = _check_devices(devices)
-    jitter = _check_jitter(jitter, rng)
     (x, y), _ = _rescaled(_centred(x, "x"), _centred(y, "y"))  # one scale: KSG is not invariant to two
     if jitter:
         rng_x, rng_y = jax.random.split(rng)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ibjax.losses import _check_float, _check_labels, _check_where, _psum
+from ibjax import _checks
 
 __all__ = [
     "categorical_joint",
@@ -44,7 +44,7 @@ def _plogp(p: jax.Array) -> jax.Array:
 
 
 def _check_joint(joint: jax.Array) -> jax.Array:
-    joint = _check_float(joint, "joint")
+    joint = _checks.check_float(joint, "joint")
     if joint.ndim != 2:
         raise ValueError(f"`joint` must be a 2-D array indexed [z, y]; got shape {joint.shape}.")
     return joint
@@ -75,16 +75,16 @@ def categorical_joint(
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f"`num_classes` must be a positive Python int; got {num_classes!r}.")
-    z_probs = _check_float(z_probs, "z_probs")
+    z_probs = _checks.check_float(z_probs, "z_probs")
     if z_probs.ndim != 2:
         raise ValueError(f"`z_probs` must be [B, Cz]; got shape {z_probs.shape}.")
-    labels = _check_labels(labels, z_probs.shape[0], num_classes)
-    weights = _check_where(where, z_probs.shape[0]).astype(jnp.float32)
+    labels = _checks.check_labels(labels, z_probs.shape[0], num_classes)
+    weights = _checks.check_where(where, z_probs.shape[0]).astype(jnp.float32)
     one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * weights[:, None]
     # Padding rows are zeroed first: whatever they hold (NaN) must not reach the joint as 0 · NaN.
     z_probs = jnp.where(weights[:, None] > 0, z_probs.astype(jnp.float32), 0.0)
-    joint = _psum(z_probs.T @ one_hot, axis_name)
-    return joint / jnp.maximum(_psum(jnp.sum(weights), axis_name), 1.0)
+    joint = _checks.psum(z_probs.T @ one_hot, axis_name)
+    return joint / jnp.maximum(_checks.psum(jnp.sum(weights), axis_name), 1.0)
 
 
 def entropy(p: jax.Array) -> jax.Array:
@@ -101,7 +101,7 @@ def entropy(p: jax.Array) -> jax.Array:
       >>> float(entropy(jnp.array([0.5, 0.5, 0.0])))  # log 2
       0.693...
     """
-    return -jnp.sum(_plogp(_check_float(p, "p")))
+    return -jnp.sum(_plogp(_checks.check_float(p, "p")))
 
 
 def conditional_entropy(joint: jax.Array) -> jax.Array:
@@ -204,10 +204,10 @@ def categorical_decoder_cross_entropy(
     Returns:
       ``[B]`` per-example values in nats.
     """
-    z_log_probs = _check_float(z_log_probs, "z_log_probs")
+    z_log_probs = _checks.check_float(z_log_probs, "z_log_probs")
     if z_log_probs.ndim == 2:
         z_log_probs = z_log_probs[None]
-    decoder_log_probs = _check_float(decoder_log_probs, "decoder_log_probs")
+    decoder_log_probs = _checks.check_float(decoder_log_probs, "decoder_log_probs")
     if decoder_log_probs.ndim != 2:
         raise ValueError(f"`decoder_log_probs` must be [Cz, Cy]; got shape {decoder_log_probs.shape}.")
     if z_log_probs.ndim != 3 or not z_log_probs.shape[0] or z_log_probs.shape[-1] != decoder_log_probs.shape[0]:
@@ -215,8 +215,8 @@ def categorical_decoder_cross_entropy(
             f"`z_log_probs` {z_log_probs.shape} must be [S, B, Cz] with S >= 1 and Cz = "
             f"{decoder_log_probs.shape[0]} rows of `decoder_log_probs`."
         )
-    labels = _check_labels(labels, z_log_probs.shape[1], decoder_log_probs.shape[1])
-    where = _check_where(where, z_log_probs.shape[1])
+    labels = _checks.check_labels(labels, z_log_probs.shape[1], decoder_log_probs.shape[1])
+    where = _checks.check_where(where, z_log_probs.shape[1])
     nll = -decoder_log_probs.T[labels]                       # [B, Cz]: -log p(y_b|z)
     p = jnp.exp(z_log_probs)
     zero = p == 0  # 0 · log 0 = 0; a NaN p stays NaN

@@ -34,11 +34,12 @@ Conventions
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ibjax import _checks
 
 __all__ = [
     "ZERO_ENTROPY_STD",
@@ -69,58 +70,8 @@ _LOG_2PIE = math.log(2.0 * math.pi * math.e)
 _F32_TINY = float(np.finfo(np.float32).tiny)
 
 
-# --------------------------------------------------------------------------
-# Input checks: they run on shapes and dtypes at trace time, never on values
-# of traced arrays, so they cost nothing inside a compiled step.
-# --------------------------------------------------------------------------
-
-
-def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def _check_labels(labels: jax.Array, batch: int, num_classes: int | None, name="labels"):
-    # The range is checked on the values as given: jnp.asarray wraps an int64
-    # label such as 2**32 + 1 into int32 range (to 1) when x64 is off.
-    values = np.asarray(labels) if _is_concrete(labels) else None
-    labels = jnp.asarray(labels)
-    if labels.ndim != 1:
-        raise ValueError(f"`{name}` must be a 1-D array [B] of class indices; got shape {labels.shape}.")
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise TypeError(f"`{name}` must hold integer class indices; got dtype {labels.dtype}.")
-    if labels.shape[0] != batch:
-        raise ValueError(
-            f"`{name}` has {labels.shape[0]} entries but the batch has {batch} examples."
-        )
-    if num_classes is not None and values is not None and values.size:
-        if values.min() < 0 or values.max() >= num_classes:
-            raise ValueError(
-                f"`{name}` must lie in [0, {num_classes}); got values in "
-                f"[{values.min()}, {values.max()}]."
-            )
-    return labels
-
-
-def _check_where(where: jax.Array | None, batch: int) -> jax.Array:
-    if where is None:
-        return jnp.ones((batch,), dtype=bool)
-    where = jnp.asarray(where)
-    if where.shape != (batch,):
-        raise ValueError(f"`where` must have shape ({batch},) like the batch; got {where.shape}.")
-    if where.dtype != jnp.bool_:
-        raise TypeError(f"`where` must be a boolean mask; got dtype {where.dtype}.")
-    return where
-
-
-def _check_float(x: jax.Array, name: str) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"`{name}` must be a floating-point array; got dtype {x.dtype}.")
-    return x
-
-
 def _as_samples(logits: jax.Array) -> jax.Array:
-    logits = _check_float(logits, "logits")
+    logits = _checks.check_float(logits, "logits")
     if logits.ndim == 2:
         return logits[None]
     if logits.ndim == 3 and logits.shape[0]:
@@ -129,7 +80,7 @@ def _as_samples(logits: jax.Array) -> jax.Array:
 
 
 def _latent_samples(z: jax.Array) -> jax.Array:
-    z = _check_float(z, "z")
+    z = _checks.check_float(z, "z")
     if z.ndim == 2:
         return z[None]
     if z.ndim == 3 and z.shape[0]:
@@ -141,17 +92,9 @@ def _check_overflow(value: jax.Array, what: str, cause: str) -> jax.Array:
     """``value``, or a ValueError if it is concrete and ±inf: finite inputs whose exact
     result exceeds float32 (~3.4e38). Traced values pass: under ``jit`` the inf
     reaches the caller (the training loop's non-finite guard stops on it)."""
-    if _is_concrete(value) and np.any(np.isinf(np.asarray(value))):
+    if _checks.is_concrete(value) and np.any(np.isinf(np.asarray(value))):
         raise ValueError(f"{what} overflows float32 (max ~3.4e38): {cause}.")
     return value
-
-
-def _psum(x, axis_name):
-    return x if axis_name is None else jax.lax.psum(x, axis_name)
-
-
-def _pmax(x, axis_name):
-    return x if axis_name is None else jax.lax.pmax(x, axis_name)
 
 
 def _label_log_likelihoods(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -196,7 +139,7 @@ def add_zero_entropy_noise(rng: jax.Array, z: jax.Array) -> jax.Array:
       >>> z.shape
       (4, 3)
     """
-    z = _check_float(z, "z")
+    z = _checks.check_float(z, "z")
     return z + ZERO_ENTROPY_STD * jax.random.normal(rng, z.shape, z.dtype)
 
 
@@ -231,8 +174,8 @@ def decoder_cross_entropy(
       1.386...
     """
     logits = _as_samples(logits)
-    labels = _check_labels(labels, logits.shape[1], logits.shape[2])
-    where = _check_where(where, logits.shape[1])
+    labels = _checks.check_labels(labels, logits.shape[1], logits.shape[2])
+    where = _checks.check_where(where, logits.shape[1])
     values = -jnp.mean(_label_log_likelihoods(logits, labels), axis=0)
     return jnp.where(where, values, 0.0)
 
@@ -259,8 +202,8 @@ def prediction_cross_entropy(
       ``[B]`` per-example values in nats (float32).
     """
     logits = _as_samples(logits)
-    labels = _check_labels(labels, logits.shape[1], logits.shape[2])
-    where = _check_where(where, logits.shape[1])
+    labels = _checks.check_labels(labels, logits.shape[1], logits.shape[2])
+    where = _checks.check_where(where, logits.shape[1])
     log_lik = _label_log_likelihoods(logits, labels)
     num_samples = logits.shape[0]
     values = math.log(num_samples) - jax.nn.logsumexp(log_lik, axis=0)
@@ -279,7 +222,7 @@ def training_error_bound(cross_entropy: jax.Array) -> jax.Array:
     Returns:
       The bound, elementwise, in [0, 1]; NaN stays NaN.
     """
-    cross_entropy = _check_float(cross_entropy, "cross_entropy")
+    cross_entropy = _checks.check_float(cross_entropy, "cross_entropy")
     # A cross-entropy is >= 0, but rounding makes a Prediction Cross-Entropy
     # near 0 come out as -1e-7 at times; a negative input must not give a
     # negative (or, for -1e30, infinite) bound.
@@ -299,7 +242,7 @@ def _fold_samples(z: jax.Array, where: jax.Array | None):
     """
     z = _latent_samples(z)
     num_samples, batch, features = z.shape
-    weights = jnp.broadcast_to(_check_where(where, batch), (num_samples, batch)).reshape(-1)
+    weights = jnp.broadcast_to(_checks.check_where(where, batch), (num_samples, batch)).reshape(-1)
     flat = z.reshape(num_samples * batch, features).astype(jnp.float32)
     return jnp.where(weights[:, None], flat, 0.0), weights
 
@@ -307,7 +250,7 @@ def _fold_samples(z: jax.Array, where: jax.Array | None):
 def _deviation_scale(largest: jax.Array, axis_name: str | None) -> jax.Array:
     """The largest |deviation from the mean| over the global batch; 1 where there is none."""
     # A constant: the log-variance does not depend on it, so neither does its gradient.
-    largest = jax.lax.stop_gradient(_pmax(largest, axis_name))
+    largest = jax.lax.stop_gradient(_checks.pmax(largest, axis_name))
     return jnp.where(largest > 0, largest, 1.0)
 
 
@@ -350,8 +293,8 @@ def activation_l2(
         under ``jit`` it is inf instead.
     """
     flat, weights = _fold_samples(z, where)
-    total = _psum(jnp.sum(weights * jnp.sum(flat**2, axis=-1)), axis_name)
-    count = _psum(jnp.sum(weights.astype(jnp.float32)), axis_name)
+    total = _checks.psum(jnp.sum(weights * jnp.sum(flat**2, axis=-1)), axis_name)
+    count = _checks.psum(jnp.sum(weights.astype(jnp.float32)), axis_name)
     return _check_overflow(total / jnp.maximum(count, 1.0), "E||Z||^2", "`z` holds values beyond ~1e19")
 
 
@@ -383,11 +326,11 @@ def log_variance(
     """
     flat, weights = _fold_samples(z, where)
     w = weights.astype(jnp.float32)[:, None]
-    count = _psum(jnp.sum(w), axis_name)
-    mean = _psum(jnp.sum(w * flat, axis=0), axis_name) / jnp.maximum(count, 1.0)
+    count = _checks.psum(jnp.sum(w), axis_name)
+    mean = _checks.psum(jnp.sum(w * flat, axis=0), axis_name) / jnp.maximum(count, 1.0)
     centred = w * (flat - mean)
     scale = _deviation_scale(jnp.max(jnp.abs(centred), axis=0, initial=0.0), axis_name)
-    squares = _psum(jnp.sum((centred / scale) ** 2, axis=0), axis_name)
+    squares = _checks.psum(jnp.sum((centred / scale) ** 2, axis=0), axis_name)
     return _gaussian_entropy_bound(squares, count, scale, eps)
 
 
@@ -428,16 +371,16 @@ def conditional_log_variance(
         raise ValueError(f"`num_classes` must be a positive Python int; got {num_classes!r}.")
     flat, weights = _fold_samples(z, where)
     num_samples = _latent_samples(z).shape[0]
-    labels = _check_labels(labels, flat.shape[0] // num_samples, num_classes)
+    labels = _checks.check_labels(labels, flat.shape[0] // num_samples, num_classes)
     labels = jnp.tile(labels, num_samples)
     one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * weights[:, None]
-    counts = _psum(jnp.sum(one_hot, axis=0), axis_name)                       # [C]
-    sums = _psum(one_hot.T @ flat, axis_name)                                # [C, K]
+    counts = _checks.psum(jnp.sum(one_hot, axis=0), axis_name)                       # [C]
+    sums = _checks.psum(one_hot.T @ flat, axis_name)                                # [C, K]
     means = sums / jnp.maximum(counts, 1.0)[:, None]
     centred = flat - one_hot @ means                       # masked rows are 0 (or ignored below)
     scale = _deviation_scale(jax.ops.segment_max(jnp.abs(centred), labels, num_classes), axis_name)
     scaled = centred / jnp.take(scale, labels, axis=0, mode="clip")
-    squares = _psum(one_hot.T @ scaled**2, axis_name)                        # [C, K]
+    squares = _checks.psum(one_hot.T @ scaled**2, axis_name)                        # [C, K]
     usable = jnp.where(counts >= 2.0, counts, 0.0)
     p_y = usable / jnp.maximum(jnp.sum(usable), 1.0)
     return jnp.sum(p_y * _gaussian_entropy_bound(squares, counts[:, None], scale, eps))
@@ -445,7 +388,7 @@ def conditional_log_variance(
 
 def _gaussian_encoder(mean: jax.Array, scale: jax.Array, names=("mean", "scale")):
     """Checks μ and σ of p(z|x) and returns both as ``[S, B, K]``."""
-    mean, scale = _check_float(mean, names[0]), _check_float(scale, names[1])
+    mean, scale = _checks.check_float(mean, names[0]), _checks.check_float(scale, names[1])
     if mean.ndim not in (2, 3):
         raise ValueError(f"`{names[0]}` must be [B, K] or [S, B, K]; got shape {mean.shape}.")
     if scale.shape != mean.shape:
@@ -499,9 +442,9 @@ def kl_to_standard_normal(
       0.5
     """
     mean, scale = _gaussian_encoder(mean, scale)
-    mask = _check_where(where, mean.shape[1])
+    mask = _checks.check_where(where, mean.shape[1])
     keep = jnp.broadcast_to(mask[None, :, None], mean.shape)
-    if _is_concrete(scale) and _is_concrete(keep) and scale.size:
+    if _checks.is_concrete(scale) and _checks.is_concrete(keep) and scale.size:
         real = np.asarray(scale, np.float32)[np.asarray(keep)]
         # XLA flushes float32 subnormals to 0, which would make log σ = -inf.
         if real.size and not np.all(real >= _F32_TINY):
@@ -516,8 +459,8 @@ def kl_to_standard_normal(
     # σ² − 1 − 2 log σ as expm1(2 log σ) − 2 log σ: no cancellation near σ = 1.
     per_example = 0.5 * jnp.sum(mu**2 + jnp.expm1(2.0 * log_sigma) - 2.0 * log_sigma, axis=-1)
     w = jnp.broadcast_to(mask[None, :], mean.shape[:2]).astype(jnp.float32)
-    total = _psum(jnp.sum(w * per_example), axis_name)
-    count = _psum(jnp.sum(w), axis_name)
+    total = _checks.psum(jnp.sum(w * per_example), axis_name)
+    count = _checks.psum(jnp.sum(w), axis_name)
     return _check_overflow(total / jnp.maximum(count, 1.0), "KL", "`mean` or `scale` holds values beyond ~1e19")
 
 
@@ -528,8 +471,8 @@ def kl_to_standard_normal(
 
 def _masked_mean(values, where, axis_name):
     w = where.astype(jnp.float32)
-    total = _psum(jnp.sum(values * w), axis_name)
-    return total / jnp.maximum(_psum(jnp.sum(w), axis_name), 1.0)
+    total = _checks.psum(jnp.sum(values * w), axis_name)
+    return total / jnp.maximum(_checks.psum(jnp.sum(w), axis_name), 1.0)
 
 
 def surrogate_loss(
@@ -589,7 +532,7 @@ def surrogate_loss(
         raise ValueError(f"`regularizer` must be one of {REGULARIZERS}; got {regularizer!r}.")
     if cross_entropy not in CROSS_ENTROPIES:
         raise ValueError(f"`cross_entropy` must be one of {CROSS_ENTROPIES}; got {cross_entropy!r}.")
-    if _is_concrete(gamma):
+    if _checks.is_concrete(gamma):
         values = np.asarray(gamma)
         if values.dtype.kind not in "iuf":
             raise TypeError(f"`gamma` must be a number; got {gamma!r}.")
@@ -614,7 +557,7 @@ def surrogate_loss(
         z_mean, z_scale = _gaussian_encoder(z_mean, z_scale, ("z_mean", "z_scale"))
         if z_mean.shape != z.shape:
             raise ValueError(f"`z_mean` and `z_scale` {z_mean.shape} must have the shape of `z` {z.shape}.")
-    mask = _check_where(where, logits.shape[1])
+    mask = _checks.check_where(where, logits.shape[1])
     dce = _masked_mean(decoder_cross_entropy(logits, labels, mask), mask, axis_name)
     pce = _masked_mean(prediction_cross_entropy(logits, labels, mask), mask, axis_name)
     if regularizer == "none":

@@ -3,11 +3,11 @@
 The architectures are those of section 7 of Kirsch, Lyle & Gal, "Unpacking
 Information Bottlenecks":
 
-* ``MLPEncoder``    -- fully connected ReLU 784–1024–1024–K (Permutation-MNIST, 7.1).
+* ``MLP``           -- fully connected ReLU networks: the 784–1024–1024–K encoder
+  (Permutation-MNIST, 7.1) and the over-parameterised C–1024–1024–10 decoder (7.1).
 * ``DropoutCNN``    -- the PyTorch MNIST example network with K outputs (MNIST, 7.2).
 * ``ResNet18``      -- the standard CIFAR ResNet18 with K outputs (CIFAR10, 7.1 and 7.3).
 * ``LinearDecoder`` -- the K×10 linear unit (7.2, 7.3).
-* ``CategoricalDecoder`` -- the over-parameterised C–1024–1024–10 ReLU decoder (7.1).
 * ``IBModel``       -- encoder, latent Z (continuous with optional zero-entropy noise,
   categorical, or the Gaussian of the Deep Variational IB baseline) and
   decoder; draws S stochastic samples of Z per input.
@@ -70,33 +70,40 @@ def _check_rank(x: jax.Array, rank: int, module: str, layout: str) -> None:
         )
 
 
-class MLPEncoder(nn.Module):
-    """Fully connected ReLU encoder 784–1024–1024–K (section 7.1, Permutation-MNIST).
+class MLP(nn.Module):
+    """Fully connected ReLU network: the 784–1024–1024–K encoder and the C–1024–1024–10 decoder of section 7.1.
 
-    The input is flattened per example, so ``[B, 28, 28, 1]`` gives the paper's
-    784 inputs. Parameters: Σ_l (d_{l-1} d_l + d_l) over the layers
-    d = (D, *hidden, K).
+    Dense layers ``hidden_0 … hidden_{L-1}`` with ReLUs and a linear ``output``
+    layer. With ``flatten`` (the encoder) each example is flattened first, so
+    ``[B, 28, 28, 1]`` gives the paper's 784 inputs; without it (the
+    categorical decoder, applied to the one-hot codes eye(C) or to samples of
+    Z) the layers act on the last axis. Parameters: Σ_l (d_{l-1} d_l + d_l)
+    over the layers d = (D, *hidden, features).
+
+    The categorical decoder is over-parameterised on purpose: a C×10 matrix
+    with a SoftMax would describe p_Θ(ŷ|z), but the paper found that
+    parameterising that matrix with a separate DNN helps optimisation a lot.
 
     Attributes:
-      features: K, the width of the output (latent dimensions or categories).
+      features: width of the output (latent dimensions, categories or classes).
       hidden: widths of the hidden ReLU layers.
+      flatten: flatten every axis after the first (images to vectors).
       dtype: computation dtype; parameters are float32.
     """
 
     features: int
     hidden: Sequence[int] = (1024, 1024)
+    flatten: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """Maps ``x`` ``[B, ...]`` to encoder outputs ``[B, features]``; ``train`` is unused."""
+        """Maps ``x`` ``[B, ...]`` (flatten) or ``[..., D]`` to ``[B or ..., features]``; ``train`` is unused."""
         del train  # Deterministic: no Dropout, no BatchNorm.
-        if x.ndim < 2:
-            raise ValueError(
-                f"MLPEncoder expects `x` of rank >= 2 ([batch, ...]); got shape {x.shape}."
-            )
+        if x.ndim < (2 if self.flatten else 1):
+            raise ValueError(f"MLP expects `x` of rank >= {2 if self.flatten else 1}; got shape {x.shape}.")
         dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
-        h = x.reshape(x.shape[0], -1).astype(self.dtype)
+        h = (x.reshape(x.shape[0], -1) if self.flatten else x).astype(self.dtype)
         for i, width in enumerate(self.hidden):
             h = nn.relu(dense(width, name=f"hidden_{i}")(h))
         return dense(self.features, name="output")(h)
@@ -254,36 +261,6 @@ class LinearDecoder(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="output")(z)
 
 
-class CategoricalDecoder(nn.Module):
-    """Over-parameterised decoder C–1024–1024–num_classes with ReLUs (section 7.1).
-
-    A C×num_classes matrix with a SoftMax would suffice to describe
-    p_Θ(ŷ|z) for a categorical Z, but the paper found that parameterising that
-    matrix with a separate DNN helps optimisation a lot. Evaluated once per
-    batch on the C one-hot codes (the rows of eye(C)), followed by a
-    log-softmax over classes, it gives the decoder matrix log p_Θ(ŷ|z)
-    ``[C, num_classes]``; see ``IBModel``.
-
-    Attributes:
-      num_classes: number of classes of Ŷ.
-      hidden: widths of the hidden ReLU layers.
-      dtype: computation dtype; parameters are float32.
-    """
-
-    num_classes: int
-    hidden: Sequence[int] = (1024, 1024)
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, z: jax.Array) -> jax.Array:
-        """Maps codes ``z`` ``[..., C]`` to unnormalised logits of p_Θ(ŷ|z) ``[..., num_classes]``."""
-        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
-        h = z.astype(self.dtype)
-        for i, width in enumerate(self.hidden):
-            h = nn.relu(dense(width, name=f"hidden_{i}")(h))
-        return dense(self.num_classes, name="output")(h)
-
-
 def prediction_log_probs(z_log_probs: jax.Array, decoder_log_probs: jax.Array) -> jax.Array:
     """log p_Θ(ŷ|x) = log Σ_z p_Θ(z|x) p_Θ(ŷ|z) for a categorical latent Z (equation 1).
 
@@ -424,7 +401,7 @@ class IBModel(nn.Module):
         # A VIB encoder outputs the mean and the (pre-softplus) scale of p(z|x).
         width = 2 * self.latent_dim if self.latent == "vib" else self.latent_dim
         if self.encoder == "mlp":
-            return MLPEncoder(width, self.encoder_hidden, dtype=dtype, name="encoder")
+            return MLP(width, self.encoder_hidden, flatten=True, dtype=dtype, name="encoder")
         if self.encoder == "dropout_cnn":
             return DropoutCNN(width, dtype=dtype, name="encoder")
         return ResNet18(width, dtype=dtype, name="encoder")
@@ -432,7 +409,7 @@ class IBModel(nn.Module):
     def _make_decoder(self, dtype: Any) -> nn.Module:
         if self.decoder == "linear":
             return LinearDecoder(self.num_classes, dtype=dtype, name="decoder")
-        return CategoricalDecoder(self.num_classes, self.decoder_hidden, dtype=dtype, name="decoder")
+        return MLP(self.num_classes, self.decoder_hidden, dtype=dtype, name="decoder")
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, num_samples: int) -> dict[str, jax.Array]:
@@ -501,13 +478,14 @@ class IBModel(nn.Module):
 
 
 def create_model(config: Any, num_classes: int) -> IBModel:
-    """Builds an ``IBModel`` from the ``model`` section of an experiment config.
+    """Builds the ``IBModel`` an experiment config describes.
 
-    Reads ``config.encoder``, ``config.latent_dim``, ``config.latent``,
-    ``config.noise``, ``config.decoder`` and, if present, ``config.dtype``
-    (default 'float32'), ``config.encoder_hidden`` and ``config.decoder_hidden``
-    (default (1024, 1024)). ``config.num_samples`` is an argument of the
-    forward pass, not of the model.
+    Takes the whole experiment config (its ``model`` section and its top-level
+    ``dtype``) or just a ``model`` section (then ``dtype`` is read from it, if
+    present). Reads ``encoder``, ``latent_dim``, ``latent``, ``noise``,
+    ``decoder`` and, if present, ``encoder_hidden`` and ``decoder_hidden``
+    (default (1024, 1024)). ``num_samples`` is an argument of the forward
+    pass, not of the model.
 
     Args:
       config: an ``ml_collections.ConfigDict`` (or any mapping with ``get``).
@@ -516,14 +494,18 @@ def create_model(config: Any, num_classes: int) -> IBModel:
     Returns:
       The (unbound) ``IBModel``; invalid fields raise ``ValueError`` here.
     """
+    model = config.get("model")
+    dtype = config.get("dtype", "float32")
+    if model is None:  # a model section on its own
+        model = config
     return IBModel(
-        encoder=config.get("encoder"),
-        latent_dim=config.get("latent_dim"),
+        encoder=model.get("encoder"),
+        latent_dim=model.get("latent_dim"),
         num_classes=num_classes,
-        latent=config.get("latent", "continuous"),
-        noise=config.get("noise", False),
-        decoder=config.get("decoder", "linear"),
-        dtype=config.get("dtype", "float32"),
-        encoder_hidden=tuple(config.get("encoder_hidden", (1024, 1024))),
-        decoder_hidden=tuple(config.get("decoder_hidden", (1024, 1024))),
+        latent=model.get("latent", "continuous"),
+        noise=model.get("noise", False),
+        decoder=model.get("decoder", "linear"),
+        dtype=dtype,
+        encoder_hidden=tuple(model.get("encoder_hidden", (1024, 1024))),
+        decoder_hidden=tuple(model.get("decoder_hidden", (1024, 1024))),
     )

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import math
 import pathlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,6 +37,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ibjax import config as configlib
 from ibjax.io import read_jsonl
 
 FIGURES = ("information_plane", "entropies", "cross_entropies", "entropy_cap")
@@ -113,13 +113,8 @@ def load_run(workdir: str | pathlib.Path) -> Run:
     for name in ("config.json", "metrics.jsonl"):
         if not (workdir / name).is_file():
             raise FileNotFoundError(f"workdir {workdir} has no {name}")
-    config_path = workdir / "config.json"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path}:{e.lineno}: malformed JSON ({e.msg})") from e
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
+    # Completed with today's defaults, so runs written before a field existed read alike.
+    config = configlib.with_defaults(configlib.read_stored(workdir / "config.json"))
     information_plane_path = workdir / "information_plane.jsonl"
     return Run(
         workdir=workdir,

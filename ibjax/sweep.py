@@ -42,6 +42,7 @@ import ml_collections
 import numpy as np
 
 from ibjax import analysis, plotting, train
+from ibjax import workdir as workdirlib
 from ibjax import config as configlib
 from ibjax.io import atomic_write_text, read_jsonl
 from ibjax.losses import REGULARIZERS
@@ -57,9 +58,6 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "sweep.json"
-
-# Fields that may differ from a workdir's stored config without making it another run.
-_IGNORED_FIELDS = ("train.progress_bar",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +156,7 @@ def expand_grid(
             if population and regularizer != "none":
                 name = f"{regularizer}/population/seed{seed}"
                 overrides["population.gammas"] = list(grid_gammas)
-                members = tuple((train.member_workdir(Path(name), i, g).as_posix(), g)
+                members = tuple((workdirlib.member_workdir(Path(name), i, g).as_posix(), g)
                                 for i, g in enumerate(grid_gammas))
                 specs.append(RunSpec(name, overrides, _with(base_config, overrides), members))
                 continue
@@ -247,10 +245,8 @@ def _finished(workdir: Path, config, members: Sequence[tuple[str, float]], sweep
     config_path = workdir / "config.json"
     if not config_path.exists():
         return False
-    ignored = _IGNORED_FIELDS + (("train.num_epochs",) if allow_num_epochs_change else ())
-    stored = configlib.from_json(config_path.read_text(), str(config_path)).to_dict()
-    diffs = configlib.differences(stored, configlib.to_dict(config))
-    if any(not d.startswith(tuple(f + ":" for f in ignored)) for d in diffs):
+    if workdirlib.run_differences(configlib.read_stored(config_path), configlib.to_dict(config),
+                                  allow_num_epochs_change=allow_num_epochs_change):
         return False
     num_epochs = config.train.num_epochs
     run_dirs = [sweep_dir / w for w, _ in members] if members else [workdir]
@@ -312,7 +308,7 @@ def run_sweep(
       ValueError: repeated run names, or a run config that fails
         :func:`ibjax.config.validate` on the devices at hand (before
         anything is written).
-      ibjax.train.WorkdirError: another live process runs this sweep.
+      ibjax.workdir.WorkdirError: another live process runs this sweep.
     """
     sweep_dir = Path(sweep_dir)
     _unique("specs (run names)", [spec.name for spec in specs])
@@ -322,7 +318,7 @@ def run_sweep(
             configlib.validate(spec.config, num_devices=jax.device_count())
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    with train.WorkdirLock(sweep_dir), train.StopRequests("the sweep stops before its next step.") as stop:
+    with workdirlib.WorkdirLock(sweep_dir), workdirlib.StopRequests("the sweep stops before its next step.") as stop:
         manifest = _merge(load_manifest(sweep_dir), base_config, specs)
         save_manifest(sweep_dir, manifest)
 

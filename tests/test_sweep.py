@@ -16,6 +16,7 @@ import pytest
 
 from ibjax import config as configlib
 from ibjax import sweep, train
+from ibjax import workdir as workdirlib
 from ibjax.io import find_run_dirs, read_jsonl
 from ibjax.losses import REGULARIZERS
 
@@ -106,7 +107,7 @@ def test_expand_grid_population_is_one_run_per_regularizer_and_seed():
         ("cond_log_var/population/seed1/member02_gamma0.1", 0.1),
     )
     # The member names are the ones training writes.
-    assert spec.members[2][0] == train.member_workdir(Path(spec.name), 2, 0.1).as_posix()
+    assert spec.members[2][0] == workdirlib.member_workdir(Path(spec.name), 2, 0.1).as_posix()
 
 
 @pytest.mark.parametrize(

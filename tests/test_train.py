@@ -5,14 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 from ibjax import config as configlib
-from ibjax import data as datalib
 from ibjax import models, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,34 +121,6 @@ def test_refuses_workdir_of_a_different_config(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
     record = train.train_and_evaluate(longer, tmp_path / "run", allow_num_epochs_change=True)
     assert record["epoch"] == 2
-
-
-def _steps_on_mesh(config, mesh, num_steps=4):
-    dataset = datalib.load_dataset("digits")
-    model = models.create_model(config.model, 10)
-    tx = train.make_optimizer(config, steps_per_epoch=5)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    state = jax.device_put(train.create_train_state(jax.random.key(0), model, tx, dataset.image_shape), replicated)
-    images, labels = jax.device_put((dataset.x_train, dataset.y_train), replicated)
-    step = train.make_train_step(model, tx, config, 10, mesh)
-    batches = np.asarray(datalib.epoch_batches(jax.random.key(1), dataset.x_train.shape[0], config.train.batch_size))
-    losses = []
-    for i in range(num_steps):
-        totals = jax.device_put(train.zero_totals(config), replicated)
-        idx = jax.device_put(batches[i], jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
-        state, totals = step(state, totals, images, labels, idx, jax.random.key(2), jnp.float32(config.objective.gamma))
-        losses.append((float(totals["loss"]), float(totals["regularizer"])))
-    return np.array(losses), jax.device_get(state.params)
-
-
-def test_one_device_and_four_devices_agree():
-    assert jax.device_count() == 4
-    config = digits_config()
-    one, params_one = _steps_on_mesh(config, train.make_mesh(jax.devices()[:1]))
-    four, params_four = _steps_on_mesh(config, train.make_mesh(jax.devices()))
-    np.testing.assert_allclose(four, one, rtol=1e-5, atol=1e-5)
-    for a, b in zip(jax.tree.leaves(params_one), jax.tree.leaves(params_four)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_categorical_latent_records_the_three_metrics(tmp_path):

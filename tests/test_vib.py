@@ -11,7 +11,7 @@ import pytest
 import scipy.stats
 
 import ibjax.losses as L
-from ibjax import analysis, models, train
+from ibjax import analysis, models, step
 
 LOG_2PIE = math.log(2 * math.pi * math.e)
 
@@ -298,7 +298,7 @@ def test_analysis_exact_h_z_given_x_for_vib_matches_numpy():
     k = 4
     config = _vib_config()
     model = models.IBModel("mlp", k, 3, latent="vib", encoder_hidden=(16,))
-    state = train.create_train_state(jax.random.key(0), model, optax.adam(1e-3), (8, 8, 1))
+    state = step.create_train_state(jax.random.key(0), model, optax.adam(1e-3), (8, 8, 1))
     pixels = np.random.default_rng(11).integers(0, 256, size=(37, 8, 8, 1)).astype(np.uint8)
     scale_fn = analysis.make_latent_fn(model, config, scale=True)
     h, method = analysis._h_z_given_x(config, None, scale_fn, state, pixels, k=3)

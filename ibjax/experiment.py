@@ -1,0 +1,225 @@
+"""Build a run from its config, or restore one from its workdir: the public way in.
+
+:func:`setup` turns an experiment config into an :class:`Experiment`: the
+validated config, its members (one, or one per γ of ``population.gammas``),
+the data set, the device mesh, the model, the optimiser and the number of
+steps an epoch. Training (:mod:`ibjax.train`), analysis, sweeps and the
+benchmarks all build their runs through it, so the mesh → model → optimiser
+→ state → step sequence is written once. :func:`restore_run` opens a trained
+run's checkpoints read-only, for evaluators that never retrain.
+
+Example:
+  >>> from ibjax import config as configlib, experiment
+  >>> config = configlib.default_config()
+  >>> run = experiment.setup(config)
+  >>> state = run.init_state()               # member axis [M] = [1]
+  >>> step = run.train_step()                # compiled once per run
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ibjax import config as configlib
+from ibjax import data as datalib
+from ibjax import evaluation, models, step, workdir as workdirlib
+
+__all__ = ["Experiment", "member_configs", "setup", "RunCheckpoints", "restore_run"]
+
+
+def member_configs(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, ...]:
+    """The standalone config of every member: ``(config,)`` for a single run, one per γ for a population.
+
+    A member is the same run with its own ``objective.gamma`` and no population.
+    """
+    gammas = tuple(float(g) for g in config.population.gammas)
+    if not gammas:
+        return (config,)
+    members = []
+    for gamma in gammas:
+        member = ml_collections.ConfigDict(config.to_dict())
+        member.objective.gamma = gamma
+        member.population.gammas = ()
+        members.append(member)
+    return tuple(members)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Experiment:
+    """A run ready to train or restore: everything built from its config, nothing on disk.
+
+    Attributes:
+      config: the validated experiment config.
+      members: each member's standalone config (a single run has one).
+      dataset: the data set on the host.
+      mesh: the 1-D ``'data'`` mesh the batch is sharded over.
+      model: the :class:`ibjax.models.IBModel`.
+      tx: the optimiser.
+      steps_per_epoch: full batches in the training set.
+    """
+
+    config: ml_collections.ConfigDict
+    members: tuple[ml_collections.ConfigDict, ...]
+    dataset: datalib.Dataset
+    mesh: Mesh
+    model: models.IBModel
+    tx: optax.GradientTransformation
+    steps_per_epoch: int
+
+    @property
+    def num_members(self) -> int:
+        return len(self.members)
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P("data"))
+
+    def gammas(self) -> jax.Array:
+        """γ of every member ``[M]``, replicated on the mesh."""
+        values = [float(m.objective.gamma) for m in self.members]
+        return jax.device_put(jnp.asarray(values, jnp.float32), self.replicated)
+
+    def member_keys(self, key: jax.Array) -> jax.Array:
+        """``key`` for every member ``[M]``: the members of a γ-population share their randomness."""
+        return jax.device_put(jnp.stack([key] * self.num_members), self.replicated)
+
+    def keys(self) -> dict[str, jax.Array]:
+        """The run's keys from ``config.seed``: ``init``, ``train``, ``shuffle`` and ``eval``."""
+        return dict(zip(("init", "train", "shuffle", "eval"), jax.random.split(jax.random.key(self.config.seed), 4)))
+
+    def member_state(self, key: jax.Array | None = None) -> step.TrainState:
+        """One member's freshly initialised state (no member axis), replicated."""
+        key = self.keys()["init"] if key is None else key
+        init = jax.jit(lambda k: step.create_train_state(k, self.model, self.tx, self.dataset.image_shape),
+                       out_shardings=self.replicated)
+        return init(key)
+
+    def init_state(self) -> step.TrainState:
+        """The run's initial state ``[M]``: every member starts from the same initialisation."""
+        single = self.member_state()
+        return jax.device_put(step.stack_members([single] * self.num_members), self.replicated)
+
+    def state_template(self) -> step.TrainState:
+        """Shapes, dtypes and shardings of one member's state, for restoring a checkpoint (nothing is computed)."""
+        shapes = jax.eval_shape(
+            lambda k: step.create_train_state(k, self.model, self.tx, self.dataset.image_shape), jax.random.key(0))
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
+
+    def zero_totals(self) -> dict[str, jax.Array]:
+        return jax.device_put(step.zero_totals(self.config, self.num_members), self.replicated)
+
+    def train_step(self, member_map: str = "vmap") -> Callable:
+        """The jitted train step of :func:`ibjax.step.make_train_step` for this run."""
+        return step.make_train_step(self.model, self.tx, self.config, self.num_classes, self.mesh,
+                                    member_map=member_map)
+
+    def eval_step(self) -> Callable:
+        """The jitted eval step of :func:`ibjax.evaluation.make_eval_step` for this run."""
+        return evaluation.make_eval_step(self.model, self.config, self.num_classes, self.mesh)
+
+    def device_data(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """``(x_train, y_train, x_test, y_test)`` replicated on the mesh."""
+        d = self.dataset
+        return jax.device_put((d.x_train, d.y_train, d.x_test, d.y_test), self.replicated)
+
+
+def setup(config: ml_collections.ConfigDict, *, dataset: datalib.Dataset | None = None,
+          mesh: Mesh | None = None) -> Experiment:
+    """Validates ``config`` and builds its :class:`Experiment` (loads the data unless ``dataset`` is given).
+
+    Every check that can fail on a config happens here, before anything is
+    compiled or written: the fields (:func:`ibjax.config.validate`), the data
+    set, and a batch size the training set can fill.
+
+    Raises:
+      ibjax.config.ConfigError: a bad field, named with its valid choices.
+      ibjax.data.DatasetError: the data set cannot be read.
+    """
+    mesh = step.make_mesh() if mesh is None else mesh
+    configlib.validate(config, num_devices=mesh.size)
+    dataset = datalib.load_data(config) if dataset is None else dataset
+    num_train = dataset.x_train.shape[0]
+    steps_per_epoch = num_train // config.train.batch_size
+    if steps_per_epoch < 1:
+        raise configlib.ConfigError(
+            f"config.train.batch_size={config.train.batch_size} exceeds the {num_train} training examples.")
+    return Experiment(
+        config=config,
+        members=member_configs(config),
+        dataset=dataset,
+        mesh=mesh,
+        model=models.create_model(config, dataset.num_classes),
+        tx=step.make_optimizer(config, steps_per_epoch),
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+class RunCheckpoints:
+    """The checkpoints of one trained run (a single run or a population member), read-only.
+
+    Use as a context manager; :attr:`epochs` lists the finalised checkpoints
+    and :meth:`restore` gives one member's state (no member axis).
+    """
+
+    def __init__(self, workdir: str | Path, experiment: Experiment):
+        self.workdir = Path(workdir).absolute()
+        self.experiment = experiment
+        self._manager = workdirlib.checkpoint_manager(self.workdir, read_only=True)
+        self._template = experiment.state_template()
+
+    @property
+    def epochs(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def restore(self, epoch: int) -> tuple[step.TrainState, dict[str, Any]]:
+        """The state and metadata of ``epoch``."""
+        return workdirlib.restore_state(self._manager, epoch, self._template)
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def restore_run(workdir: str | Path, *, dataset: datalib.Dataset | None = None) -> RunCheckpoints:
+    """Opens a run directory: its stored config (completed with defaults), its data and its checkpoints.
+
+    Args:
+      workdir: a run written by :func:`ibjax.train.train_and_evaluate` (or a
+        population member's directory).
+      dataset: the data set, if already loaded (default: the one the stored
+        config names).
+
+    Raises:
+      FileNotFoundError: ``workdir`` holds no ``config.json``.
+      ibjax.config.ConfigError: the stored config is malformed.
+    """
+    workdir = Path(workdir).absolute()
+    config_path = workdir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training run directory.")
+    # One device: restoring and evaluating need no data parallelism, and the
+    # stored batch size need not divide this machine's device count.
+    one_device = step.make_mesh(jax.devices()[:1])
+    return RunCheckpoints(workdir, setup(configlib.load_stored(config_path), dataset=dataset, mesh=one_device))
