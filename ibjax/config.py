@@ -15,10 +15,6 @@ from typing import Any
 
 import ml_collections
 
-from ibjax.capping import CAPPABLE_ENCODERS
-from ibjax.data import DATASET_SOURCES, DATASETS
-from ibjax.losses import CROSS_ENTROPIES, REGULARIZERS
-from ibjax.models import DECODERS, DTYPES, ENCODERS, LATENTS
 
 __all__ = ["ConfigError", "LOSSES", "default_config", "from_file", "with_defaults", "read_stored", "load_stored", "validate", "to_dict", "to_json", "from_json", "differences"]
 
@@ -88,15 +84,36 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
       num_devices: devices the batch is sharded over; batch sizes must divide.
     """
     _check_known_fields(config)
+    _validate_data(config)
+    _validate_model(config)
+    _validate_training(config, num_devices)
+    _validate_capping(config)
+
+
+# The checks import their choices when they run: reading and comparing stored
+# configs (the plots) needs no JAX.
+
+
+def _validate_data(config) -> None:
+    from ibjax.data import DATASET_SOURCES, DATASETS
+
     _choice(config, "data.name", DATASETS)
     _choice(config, "data.source", DATASET_SOURCES[config.data.name])
     if config.data.source in _PATH_SOURCES and not config.data.path:
         raise ConfigError(f"config.data.path is required for config.data.source={config.data.source!r}.")
     _positive_int(config, "data.split_at", allow_zero=True)
+    for field in ("train.progress_bar", "train.tensorboard"):
+        if not isinstance(_get(config, field), bool):
+            raise ConfigError(f"config.{field} must be True or False; got {_get(config, field)!r}.")
     if not isinstance(config.data.augment, bool):
         raise ConfigError(f"config.data.augment must be True or False; got {config.data.augment!r}.")
     if config.data.augment and config.data.name != "cifar10":
         raise ConfigError("config.data.augment (pad-crop-flip) is for cifar10 only; set it to False.")
+
+
+def _validate_model(config) -> None:
+    from ibjax.losses import CROSS_ENTROPIES, REGULARIZERS
+    from ibjax.models import DECODERS, DTYPES, ENCODERS, LATENTS
 
     _choice(config, "model.encoder", ENCODERS)
     _choice(config, "model.latent", LATENTS)
@@ -125,6 +142,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         raise ConfigError("config.objective.loss='decoder_uncertainty' is exact only for a categorical latent; "
                           "set config.model.latent='categorical' or use loss='cross_entropy'.")
 
+
+def _validate_training(config, num_devices: int) -> None:
     for field in ("train.num_epochs", "train.batch_size", "train.eval_batch_size", "train.plateau_patience",
                   "checkpoint.every_epochs"):
         _positive_int(config, field)
@@ -146,6 +165,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
         raise ConfigError(f"config.population.gammas must be a tuple of non-negative numbers; got {gammas!r}.")
     if len(set(gammas)) != len(gammas):
         raise ConfigError(f"config.population.gammas must not repeat a value; got {gammas!r}.")
+
+
+def _validate_capping(config) -> None:
+    from ibjax.capping import CAPPABLE_ENCODERS
 
     schedule = _get(config, "capping.schedule")
     if not isinstance(schedule, (tuple, list)) or not all(
@@ -279,6 +302,7 @@ def default_config():
     config.train.plateau_factor = 0.8
     config.train.plateau_patience = 3
     config.train.progress_bar = True
+    config.train.tensorboard = True   # per-epoch scalars as TensorBoard event files beside metrics.jsonl
 
     # A population trains one member per gamma in a single vmapped step (empty: off).
     config.population = mlc.ConfigDict()

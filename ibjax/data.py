@@ -11,9 +11,13 @@ Sources
 -------
 * ``"embedded"``: ``digits``, the 1,797 real 8×8 handwritten digits shipped
   with scikit-learn (no download), the default for quick runs and tests.
-* ``"tfds"``: ``tfds.data_source`` (ArrayRecord, no TensorFlow needed).
+* ``"tfds"``: a tensorflow-datasets ArrayRecord copy read through
+  ``builder.as_data_source`` (reading needs no TensorFlow; preparing a copy
+  that is not there yet does, and needs network).
 * ``"idx"``: a directory of MNIST-format IDX files, gzipped or not.
 * ``"npz"``: one ``.npz`` with ``x_train, y_train, x_test, y_test``.
+* ``"cifar_pickle"``: CIFAR-10's own python version, ``cifar-10-python.tar.gz``
+  or its extracted ``cifar-10-batches-py/`` folder.
 
 A file that is missing, malformed or inconsistent raises one
 :class:`DatasetError` naming the file; nothing is returned half-loaded.
@@ -23,20 +27,34 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import http.client
+import importlib.util
+import io
 import math
+import pickle
+import tarfile
+import urllib.error
+import urllib.parse
+import urllib.request
 import zipfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+if TYPE_CHECKING:
+    import ml_collections
+    import tensorflow_datasets as tfds
+
 __all__ = [
     "DATASETS",
     "SOURCES",
     "DATASET_SOURCES",
+    "PATH_SOURCES",
     "NORMALIZATION",
     "Dataset",
     "DatasetError",
@@ -56,15 +74,18 @@ __all__ = [
 DATASETS: tuple[str, ...] = ("digits", "mnist", "permuted_mnist", "cifar10")
 
 #: Valid ``source`` values for :func:`load_dataset`.
-SOURCES: tuple[str, ...] = ("embedded", "tfds", "idx", "npz")
+SOURCES: tuple[str, ...] = ("embedded", "tfds", "idx", "npz", "cifar_pickle")
 
 #: Sources each data set can be read from; the first is the default.
 DATASET_SOURCES: dict[str, tuple[str, ...]] = {
     "digits": ("embedded", "npz"),
     "mnist": ("tfds", "idx", "npz"),
     "permuted_mnist": ("tfds", "idx", "npz"),
-    "cifar10": ("tfds", "npz"),
+    "cifar10": ("tfds", "cifar_pickle", "npz"),
 }
+
+#: Sources that read local files at ``path`` (and need it); the others take none.
+PATH_SOURCES: tuple[str, ...] = ("idx", "npz", "cifar_pickle")
 
 #: Per-channel ``(mean, std)`` of pixel values scaled to [0, 1].
 #: MNIST and CIFAR10: the standard values over their training sets (for
@@ -96,6 +117,22 @@ _IDX_IMAGES_MAGIC = 0x00000803
 _IDX_LABELS_MAGIC = 0x00000801
 
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+_CIFAR_FOLDER = "cifar-10-batches-py"
+_CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
+_CIFAR_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
+# The only globals a CIFAR-10 python batch refers to: NumPy's array reconstruction
+# (module path of NumPy 1 and of NumPy 2); bytes are handled by _latin1_bytes.
+_CIFAR_PICKLE_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+})
+
+# Seconds a tfds download host gets to answer before it counts as unreachable:
+# tfds's own downloader has no timeout and retries for minutes when offline.
+_TFDS_PROBE_TIMEOUT_S = 5.0
 
 # digits: fraction of each class held out for the test split, and its seed.
 _DIGITS_TEST_FRACTION = 0.2
@@ -187,14 +224,21 @@ def load_dataset(
       name: one of :data:`DATASETS`.
       source: one of :data:`SOURCES` valid for ``name``
         (:data:`DATASET_SOURCES`); ``None`` picks the first of those.
-      path: directory of IDX files (``source="idx"``) or ``.npz`` file
-        (``source="npz"``); must be ``None`` for other sources.
+      path: directory of IDX files (``source="idx"``), ``.npz`` file
+        (``source="npz"``), or for ``source="cifar_pickle"`` the
+        ``cifar-10-python.tar.gz`` archive, its extracted
+        ``cifar-10-batches-py`` folder, or a directory holding either; must
+        be ``None`` for sources outside :data:`PATH_SOURCES`.
       split_at: optional index at which to re-split train + test, with
         ``0 < split_at < total``.
       permutation_seed: seed of the pixel permutation of ``permuted_mnist``;
         ignored for other data sets.
       data_dir: tensorflow-datasets data directory (``source="tfds"``);
-        ``None`` uses the tfds default.
+        ``None`` uses the tfds default, ``$TFDS_DATA_DIR`` or
+        ``~/tensorflow_datasets``. A data set not prepared there is
+        downloaded and prepared as ArrayRecord, which needs TensorFlow and
+        network; without them a one-line :class:`DatasetError` names the
+        directory and the offline alternatives.
 
     Returns:
       The :class:`Dataset`.
@@ -213,10 +257,12 @@ def load_dataset(
         raise ValueError(f"`source` must be one of {SOURCES}; got {source!r}.")
     if source not in DATASET_SOURCES[name]:
         raise ValueError(f"`source` for {name!r} must be one of {DATASET_SOURCES[name]}; got {source!r}.")
-    if source in ("idx", "npz") and path is None:
+    if source in PATH_SOURCES and path is None:
         raise ValueError(f"`path` is required for source={source!r}.")
-    if source not in ("idx", "npz") and path is not None:
-        raise ValueError(f"`path` is only used by sources 'idx' and 'npz'; got path={path!r} with source={source!r}.")
+    if source not in PATH_SOURCES and path is not None:
+        raise ValueError(
+            f"`path` is only used by sources {PATH_SOURCES}; got path={path!r} with source={source!r}."
+        )
     if data_dir is not None and source != "tfds":
         raise ValueError(f"`data_dir` is only used by source 'tfds'; got source={source!r}.")
     if split_at is not None and (not isinstance(split_at, int) or isinstance(split_at, bool) or split_at <= 0):
@@ -230,6 +276,8 @@ def load_dataset(
         splits = _load_tfds(_TFDS_NAME[name], name, data_dir)
     elif source == "idx":
         splits = _load_idx(Path(path), optional_train=split_at is not None)
+    elif source == "cifar_pickle":
+        splits = _load_cifar_pickle(Path(path))
     else:
         splits = _load_npz(Path(path), name)
     x_train, y_train, x_test, y_test = splits

@@ -113,8 +113,7 @@ def load_run(workdir: str | pathlib.Path) -> Run:
     for name in ("config.json", "metrics.jsonl"):
         if not (workdir / name).is_file():
             raise FileNotFoundError(f"workdir {workdir} has no {name}")
-    # Completed with today's defaults, so runs written before a field existed read alike.
-    config = configlib.with_defaults(configlib.read_stored(workdir / "config.json"))
+    config = configlib.read_stored(workdir / "config.json")
     information_plane_path = workdir / "information_plane.jsonl"
     return Run(
         workdir=workdir,

@@ -368,23 +368,30 @@ def run_sweep(
         run_dirs = [(record, sweep_dir / record["workdir"])
                     for spec, entry in done for record in (entry["members"] if spec.members else [entry])]
         if analyze:
-            for record, run_dir in run_dirs:
-                if stop.signal is not None:
-                    break
-                record.pop("analysis_error", None)
-                try:
-                    analysis.analyze_run(run_dir, k=k, max_examples=analysis_max_examples, progress=progress)
-                    record["analysis"] = "done"
-                except Exception as error:  # noqa: BLE001 -- analyse the others all the same
-                    record.update(analysis="failed", analysis_error=f"{type(error).__name__}: {error}")
-                    if progress:
-                        print(f"analysis of {run_dir} failed: {record['analysis_error']}", flush=True)
-                save_manifest(sweep_dir, manifest)
+            _analyze_runs(sweep_dir, manifest, run_dirs, stop, progress=progress, k=k,
+                          max_examples=analysis_max_examples)
         if plot and stop.signal is None and run_dirs:
             manifest["figures"] = _draw_figures(sweep_dir, [run_dir for _, run_dir in run_dirs], progress)
         manifest["status"] = "stopped" if stop.signal is not None else "finished"
         save_manifest(sweep_dir, manifest)
     return manifest
+
+
+def _analyze_runs(sweep_dir: Path, manifest: dict[str, Any], run_dirs, stop, *, progress: bool, k: int,
+                  max_examples: int) -> None:
+    """Analyses every ``(manifest record, run dir)``, marking each record done or failed, until a stop."""
+    for record, run_dir in run_dirs:
+        if stop.signal is not None:
+            break
+        record.pop("analysis_error", None)
+        try:
+            analysis.analyze_run(run_dir, k=k, max_examples=max_examples, progress=progress)
+            record["analysis"] = "done"
+        except Exception as error:  # noqa: BLE001 -- analyse the others all the same
+            record.update(analysis="failed", analysis_error=f"{type(error).__name__}: {error}")
+            if progress:
+                print(f"analysis of {run_dir} failed: {record['analysis_error']}", flush=True)
+        save_manifest(sweep_dir, manifest)
 
 
 def _draw_figures(sweep_dir: Path, run_dirs: Sequence[Path], progress: bool) -> dict[str, dict[str, str]]:

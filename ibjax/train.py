@@ -3,7 +3,8 @@
 Trains the run a config describes (:func:`ibjax.experiment.setup`) with Adam
 and a reduce-on-plateau learning rate (section 7 of the paper), writes one
 JSON line of metrics per epoch to ``metrics.jsonl`` and an Orbax checkpoint
-per epoch to ``checkpoints/``, and resumes from the latest checkpoint when
+per epoch to ``checkpoints/`` (and, with ``train.tensorboard``, the same
+scalars as TensorBoard event files beside ``metrics.jsonl``), and resumes from the latest checkpoint when
 started again on the same workdir.
 
 A run is a population of M ≥ 1 members (:mod:`ibjax.step`): a single run is
@@ -37,6 +38,7 @@ from ibjax import data as datalib
 from ibjax import experiment as experimentlib
 from ibjax import information
 from ibjax import step as steplib
+from ibjax import tensorboard
 from ibjax import workdir as workdirlib
 from ibjax.io import append_jsonl, read_jsonl, write_jsonl
 from ibjax.step import NonFiniteError
@@ -51,6 +53,7 @@ def train_and_evaluate(
     *,
     stop_after_epoch: int | None = None,
     allow_num_epochs_change: bool = False,
+    dataset: datalib.Dataset | None = None,
 ) -> dict[str, Any]:
     """Trains and evaluates the run of ``config``, checkpointing into ``workdir``.
 
@@ -74,6 +77,9 @@ def train_and_evaluate(
         if interrupted; a later call resumes.
       allow_num_epochs_change: resume even if ``train.num_epochs`` differs from
         the stored config (to extend a finished run).
+      dataset: train on these arrays instead of the data set ``config.data``
+        names (benchmarks on synthetic data; the stored config still names
+        ``config.data``).
 
     Returns:
       The metrics record of the last epoch run (for a population, of its
@@ -90,7 +96,7 @@ def train_and_evaluate(
     if run_dirs != [workdir]:
         for member, directory in zip(members, run_dirs):
             workdirlib.check_workdir(directory, member, allow_num_epochs_change)
-    experiment = experimentlib.setup(config)
+    experiment = experimentlib.setup(config, dataset=dataset)
 
     with workdirlib.WorkdirLock(workdir), workdirlib.StopRequests() as stop:
         workdirlib.claim_workdir(workdir, config)
@@ -137,6 +143,9 @@ class _Loop:
                               sharding=exp.replicated, num_members=exp.num_members,
                               joint_shape=(self.config.model.latent_dim, exp.num_classes) if categorical else None)
         self.latent_fn = capping.make_latent_fn(exp.model, self.config) if self.config.capping.schedule else None
+        # TensorBoard event files beside each metrics.jsonl (which stays what analysis and plots read).
+        self.writers = ([self.cleanup.enter_context(tensorboard.ScalarWriter(d)) for d in self.run_dirs]
+                        if self.config.train.get("tensorboard", True) else [])
 
     def restore_or_init(self) -> tuple[steplib.TrainState, int]:
         """The state to continue from and its epoch (0: a fresh run)."""
@@ -255,6 +264,8 @@ class _Loop:
             if first:
                 record["compile_seconds"] = self.compile_seconds
             append_jsonl(self.run_dirs[i] / "metrics.jsonl", record)
+            if self.writers:
+                tensorboard.write_record_scalars(self.writers[i], record)
             prefix = "" if self.run_dirs == [self.workdir] else f"[γ={member.objective.gamma:g}] "
             print(prefix + summary_line(record), flush=True)
             records.append(record)

@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 #: Fields that may differ from a workdir's stored config without making it another run.
-IGNORED_ON_RESUME: tuple[str, ...] = ("train.progress_bar",)
+IGNORED_ON_RESUME: tuple[str, ...] = ("train.progress_bar", "train.tensorboard")
 
 
 class WorkdirError(RuntimeError):

@@ -24,7 +24,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ibjax import sweep
-from ibjax import train
+from ibjax import workdir as workdirlib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base experiment config (configs/*.py).", lock_config=True)
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", None, "Sweep directory: one workdir per run, sweep.json, figures/.")
@@ -69,7 +69,7 @@ def main(argv):
             analyze=not _SKIP_ANALYSIS.value, plot=not _SKIP_ANALYSIS.value,
             k=_K.value, analysis_max_examples=_MAX_EXAMPLES.value, allow_num_epochs_change=_EXTEND.value,
         )
-    except (ValueError, train.WorkdirError) as error:  # ConfigError is a ValueError
+    except (ValueError, workdirlib.WorkdirError) as error:  # ConfigError is a ValueError
         raise SystemExit(f"error: {error}") from None
 
     failed = [e for e in manifest["runs"] if e["status"] == "failed"]

@@ -10,6 +10,7 @@ import pytest
 from scipy import special
 from scipy.spatial import cKDTree
 
+from ibjax import _checks
 from ibjax import estimators as E
 
 # --------------------------------------------------------------------------
@@ -210,7 +211,7 @@ def test_device_count_does_not_change_result():
 def test_knn_log_distances_under_jit():
     x = jnp.asarray(gaussian(300, correlated_cov(3), seed=6))
     expected = np.log(cKDTree(np.asarray(x, np.float64)).query(np.asarray(x, np.float64), 4)[0][:, 3])
-    mesh = E._check_devices(None)
+    mesh = _checks.check_devices(None, "queries")
     got = jax.jit(lambda x: E._knn_log_distances(x, 3, None, mesh))(x)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 

@@ -12,6 +12,7 @@ import re
 import socket
 import struct
 
+import numpy as np
 import pytest
 
 from ibjax import tensorboard as tb
@@ -379,3 +380,26 @@ def test_tensorboard_plugin_event_accumulator_reads_the_file(written_run):
     actual = {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in accumulator.Tensors(tag)]
               for tag in expected}
     assert_scalars_equal(actual, expected)
+
+
+def test_training_writes_the_epoch_records_as_tensorboard_scalars(tmp_path):
+    from pathlib import Path
+
+    from ibjax import config as configlib
+    from ibjax import train
+    from ibjax.io import read_jsonl
+
+    config = configlib.from_file(Path(__file__).resolve().parents[1] / "configs" / "digits_condvar.py")
+    config.train.num_epochs = 2
+    config.train.progress_bar = False
+    train.train_and_evaluate(config, tmp_path / "run")
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    scalars = tb.read_scalars(tmp_path / "run")
+    for key in ("train_loss", "train_regularizer", "train_accuracy", "test_accuracy", "learning_rate",
+                "training_error_bound", "train_decoder_cross_entropy"):
+        got = scalars[tb.scalar_tag(key)]
+        assert [step for step, _ in got] == [1, 2], key
+        np.testing.assert_allclose([v for _, v in got], [r[key] for r in records], rtol=1e-6, err_msg=key)
+    config.train.tensorboard = False
+    train.train_and_evaluate(config, tmp_path / "quiet")
+    assert not list((tmp_path / "quiet").glob("events.out.tfevents*"))
