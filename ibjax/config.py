@@ -165,6 +165,7 @@ def _validate_training(config, num_devices: int) -> None:
         raise ConfigError(f"config.population.gammas must be a tuple of non-negative numbers; got {gammas!r}.")
     if len(set(gammas)) != len(gammas):
         raise ConfigError(f"config.population.gammas must not repeat a value; got {gammas!r}.")
+    _positive_int(config, "population.num_seeds", allow_zero=True)
 
 
 def _validate_capping(config) -> None:
@@ -304,9 +305,12 @@ def default_config():
     config.train.progress_bar = True
     config.train.tensorboard = True   # per-epoch scalars as TensorBoard event files beside metrics.jsonl
 
-    # A population trains one member per gamma in a single vmapped step (empty: off).
+    # A population trains its members in one vmapped step: one per (gamma, seed) of
+    # gammas x (seed, seed + 1, ..., seed + num_seeds - 1). Empty gammas: objective.gamma;
+    # num_seeds 0 or 1: config.seed alone. A single run is a population of one.
     config.population = mlc.ConfigDict()
     config.population.gammas = ()
+    config.population.num_seeds = 0
 
     # Section 7.2 (Fig 4): after epoch e, rescale the noise-free latent to a mean-field
     # entropy bound of schedule[e - 1] nats (later epochs keep the last cap), compensated

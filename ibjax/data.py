@@ -38,7 +38,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -361,11 +361,22 @@ def _load_digits() -> Splits:
 
 
 def _load_tfds(tfds_name: str, name: str, data_dir: str | None) -> Splits:
-    """Reads train and test through ``tfds.data_source`` into NumPy arrays."""
+    """Reads train and test of a tfds ArrayRecord copy, preparing it first if absent."""
     # Imported here: tensorflow-datasets is only needed by this source.
     import tensorflow_datasets as tfds
 
-    sources = tfds.data_source(tfds_name, split=["train", "test"], data_dir=data_dir)
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+    # Checking that the folder exists first spares a tfds warning about its missing metadata.
+    if not (builder.data_path.exists() and builder.is_prepared()):
+        _prepare_tfds(builder, name)
+    try:
+        sources = builder.as_data_source(split=["train", "test"])
+    except NotImplementedError:
+        raise DatasetError(
+            f"{builder.data_dir}: tfds {tfds_name!r} is prepared there in a format without random access "
+            "(TFRecord, as tfds.load writes it); prepare it with tfds.data_source (ArrayRecord) "
+            "or point TFDS_DATA_DIR elsewhere."
+        ) from None
     arrays = []
     for split, source in zip(("train", "test"), sources):
         examples = [source[i] for i in range(len(source))]
@@ -374,6 +385,65 @@ def _load_tfds(tfds_name: str, name: str, data_dir: str | None) -> Splits:
         labels = np.asarray([ex["label"] for ex in examples], np.int64)
         arrays.extend(_checked(images, labels, name, origin, origin))
     return tuple(arrays)
+
+
+def _prepare_tfds(builder: tfds.core.DatasetBuilder, name: str) -> None:
+    """Downloads and prepares ``builder`` as ArrayRecord, or raises a one-line :class:`DatasetError`.
+
+    The cheap checks come first, so that no download starts that is bound to
+    fail: tfds's mnist and cifar10 preparation calls TensorFlow, and its
+    downloader retries for minutes without network.
+    """
+    from tensorflow_datasets.core.download import download_manager, extractor
+
+    if not _tensorflow_installed():
+        raise _tfds_unavailable(
+            builder, name, "preparing it needs TensorFlow, which is not installed: pip install tensorflow-cpu"
+        )
+    unreachable = _unreachable_hosts(builder.url_infos or {}, _TFDS_PROBE_TIMEOUT_S)
+    if unreachable:
+        raise _tfds_unavailable(builder, name, f"no network: cannot reach {', '.join(unreachable)}")
+    try:
+        # ArrayRecord: the format with random access that needs no TensorFlow to
+        # read (tfds.data_source asks for it only when data_dir is None).
+        builder.download_and_prepare(file_format="array_record")
+    except (OSError, ImportError, download_manager.NonMatchingChecksumError, extractor.ExtractError) as e:
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise _tfds_unavailable(builder, name, f"preparing it failed: {type(e).__name__}: {first_line}") from None
+
+
+def _tensorflow_installed() -> bool:
+    """Whether TensorFlow can be imported, found without importing it (that takes seconds)."""
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def _unreachable_hosts(urls: Iterable[str], timeout: float) -> list[str]:
+    """Hosts of ``urls`` that do not answer an HTTP HEAD within ``timeout`` seconds.
+
+    One request per host, through the proxies the environment names.
+    """
+    url_per_host = {urllib.parse.urlsplit(url).hostname: url for url in urls}
+    unreachable = []
+    for host, url in url_per_host.items():
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+        except urllib.error.HTTPError:
+            pass  # The server answered: the host is reachable, whatever the status.
+        except (OSError, http.client.HTTPException):
+            unreachable.append(host)
+    return unreachable
+
+
+def _tfds_unavailable(builder: tfds.core.DatasetBuilder, name: str, reason: str) -> DatasetError:
+    """The one-line error for a tfds data set that is neither prepared nor preparable here."""
+    offline = "|".join(source for source in DATASET_SOURCES[name] if source in PATH_SOURCES)
+    return DatasetError(
+        f"tfds data set {builder.name!r} is not prepared in {builder.data_dir} and cannot be prepared here "
+        f"({reason}). Offline alternatives: --config.data.source={offline} with --config.data.path=...; "
+        f"or set TFDS_DATA_DIR to a directory holding a prepared {builder.name}/{builder.version}; "
+        f"or copy a prepared ~/tensorflow_datasets/{builder.name} folder (made by tfds.data_source, ArrayRecord) "
+        "from a machine with network."
+    )
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:
@@ -460,6 +530,111 @@ def _load_npz(path: Path, name: str) -> Splits:
         splits.extend(
             _checked(arrays[f"x_{split}"], arrays[f"y_{split}"], name, f"{path} (x_{split})", f"{path} (y_{split})")
         )
+    return tuple(splits)
+
+
+def _find_cifar(path: Path) -> Path:
+    """The ``cifar-10-batches-py`` folder or ``.tar.gz`` archive that ``path`` names or holds."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise DatasetFileNotFoundError(f"{path}: CIFAR-10 archive or folder not found.")
+    if path.name == _CIFAR_FOLDER or any((path / batch).exists() for batch in _CIFAR_BATCHES):
+        return path
+    for candidate in (path / _CIFAR_FOLDER, path / _CIFAR_ARCHIVE):
+        if candidate.exists():
+            return candidate
+    raise DatasetFileNotFoundError(
+        f"{path}: holds neither {_CIFAR_FOLDER}/ nor {_CIFAR_ARCHIVE} nor the CIFAR-10 batch files."
+    )
+
+
+def _read_cifar_batches(location: Path) -> list[tuple[str, bytes]]:
+    """``(origin, raw bytes)`` of the six batch files, from a folder or a tar archive."""
+    if location.is_dir():
+        files = [location / batch for batch in _CIFAR_BATCHES]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise DatasetFileNotFoundError(
+                f"{missing[0]}: CIFAR-10 batch not found; missing: {', '.join(f.name for f in missing)}."
+            )
+        try:
+            return [(str(f), f.read_bytes()) for f in files]
+        except OSError as e:
+            raise DatasetError(f"{location}: cannot read CIFAR-10 batch ({e}).") from e
+    members = [f"{_CIFAR_FOLDER}/{batch}" for batch in _CIFAR_BATCHES]
+    try:
+        with tarfile.open(location, "r:*") as tar:
+            found = {info.name: info for info in tar.getmembers() if info.isfile()}
+            missing = [member for member in members if member not in found]
+            if missing:
+                raise DatasetFileNotFoundError(
+                    f"{location}: CIFAR-10 batch {missing[0]} not in the archive; missing: {', '.join(missing)}."
+                )
+            raws = [tar.extractfile(found[member]).read() for member in members]
+    except DatasetError:
+        raise
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise DatasetError(f"{location}: cannot read CIFAR-10 archive ({e}).") from e
+    return [(f"{location}:{member}", raw) for member, raw in zip(members, raws)]
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` limited to what pickle protocol 2 uses it for: bytes as latin1 text."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode is only allowed on text with 'latin1'; got {encoding!r}.")
+    return text.encode("latin1")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the globals a CIFAR-10 batch needs.
+
+    Builtin containers, bytes, str and int need no global. Allowed: NumPy's
+    ``_reconstruct``, ``ndarray`` and ``dtype`` (``b"data"`` is an ndarray) and
+    ``_codecs.encode`` with ``"latin1"`` only (how Python 3 pickles bytes at
+    protocol 2). Anything else, e.g. ``os.system``, raises
+    ``pickle.UnpicklingError`` before it is called.
+    """
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
+        if (module, name) in _CIFAR_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
+
+
+def _parse_cifar_batch(raw: bytes, origin: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``[N, 32, 32, 3]`` uint8 and labels ``[N]`` int32 of one pickled batch."""
+    try:
+        # encoding="bytes": the original batches were pickled by Python 2, whose str is bytes.
+        batch = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as e:  # A malformed pickle can fail in many ways; each means a bad file.
+        raise DatasetError(f"{origin}: not a valid CIFAR-10 batch pickle ({type(e).__name__}: {e}).") from e
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        found = list(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise DatasetError(f"{origin}: a CIFAR-10 batch must be a dict with keys b'data' and b'labels'; found {found}.")
+    data, labels = batch[b"data"], batch[b"labels"]
+    pixels = math.prod(_IMAGE_SHAPE["cifar10"])
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != pixels:
+        described = f"{data.dtype} array {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DatasetError(f"{origin}: b'data' must be a uint8 array [N, {pixels}]; got {described}.")
+    if not isinstance(labels, list) or any(type(label) is not int for label in labels):
+        raise DatasetError(f"{origin}: b'labels' must be a list of int.")
+    height, width, channels = _IMAGE_SHAPE["cifar10"]
+    # Each row holds the red plane, then green, then blue, each row-major H x W.
+    images = data.reshape(-1, channels, height, width).transpose(0, 2, 3, 1)
+    return _checked(images, np.asarray(labels, np.int64), "cifar10", origin, origin)
+
+
+def _load_cifar_pickle(path: Path) -> Splits:
+    """Reads CIFAR-10's python batches: ``data_batch_1..5`` for train, ``test_batch`` for test."""
+    batches = [_parse_cifar_batch(raw, origin) for origin, raw in _read_cifar_batches(_find_cifar(path))]
+    train, test = batches[:-1], batches[-1:]
+    splits = []
+    for split in (train, test):
+        splits.append(np.ascontiguousarray(np.concatenate([images for images, _ in split])))
+        splits.append(np.concatenate([labels for _, labels in split]))
     return tuple(splits)
 
 
@@ -626,8 +801,20 @@ def eval_batches(num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Arr
     return jnp.minimum(positions, num_examples - 1), positions < num_examples
 
 
-def load_data(config) -> Dataset:
-    """The data set an experiment config's ``data`` section names (host uint8 arrays)."""
+def load_data(config: ml_collections.ConfigDict) -> Dataset:
+    """The data set an experiment config names, as :func:`load_dataset` reads it.
+
+    Args:
+      config: experiment config whose ``data`` section holds ``name``,
+        ``source``, ``path`` (``""`` for none), ``split_at`` (``0`` for none)
+        and ``permutation_seed``; ``augment`` is applied later, on device.
+
+    Returns:
+      The :class:`Dataset` of host uint8 images and int32 labels.
+
+    Raises:
+      As :func:`load_dataset`.
+    """
     return load_dataset(
         config.data.name,
         source=config.data.source,

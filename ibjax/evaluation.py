@@ -33,8 +33,8 @@ def make_eval_step(model, config, num_classes: int, mesh: Mesh) -> Callable:
 
     Sums over the real (``mask``) examples, per member: correct predictions,
     decoder and prediction cross-entropies, the count, and for a categorical
-    latent the joint p(z, y) (unnormalised). ``state``, ``totals`` and
-    ``decoder`` carry the member axis. ``decoder`` ``[M, C, num_classes]``, if
+    latent the joint p(z, y) (unnormalised). ``state``, ``totals``, ``rng``
+    (a key per member) and ``decoder`` carry the member axis. ``decoder`` ``[M, C, num_classes]``, if
     not None, replaces the learnt decoder matrix log p_Θ(ŷ|z) (the optimal
     decoder of a run that minimises H[Y|Z] directly, section 5.4).
     """
@@ -61,13 +61,15 @@ def make_eval_step(model, config, num_classes: int, mesh: Mesh) -> Callable:
         sums["correct"] = jnp.sum(correct(out["logits"], y) * w)
         return jax.tree.map(jnp.add, totals, sums)
 
-    mapped = jax.vmap(eval_step, in_axes=(0, 0, None, None, None, None, None, 0))
+    mapped = jax.vmap(eval_step, in_axes=(0, 0, None, None, None, None, 0, 0))
     return jax.jit(mapped, donate_argnums=(1,))
 
 
 def evaluate(eval_step: Callable, state, images, labels, *, batch_size: int, rng: jax.Array, sharding,
              num_members: int, joint_shape: tuple[int, int] | None = None, decoder=None) -> dict[str, np.ndarray]:
     """Means of ``eval_step`` over every example of a split, each counted once, per member.
+
+    ``rng`` holds a key per member ``[M]``; batch ``i`` uses ``fold_in(key, i)``.
 
     Returns:
       ``{"accuracy", "decoder_cross_entropy", "prediction_cross_entropy"}``,
@@ -79,8 +81,9 @@ def evaluate(eval_step: Callable, state, images, labels, *, batch_size: int, rng
     if joint_shape is not None:
         totals["joint"] = jnp.zeros((num_members, *joint_shape), jnp.float32)
     totals = jax.device_put(totals, sharding)
+    fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
     for i in range(idx.shape[0]):
-        totals = eval_step(state, totals, images, labels, idx[i], mask[i], jax.random.fold_in(rng, i), decoder)
+        totals = eval_step(state, totals, images, labels, idx[i], mask[i], fold(rng, i), decoder)
     totals = jax.device_get(totals)
     n = totals.pop("count")
     summary = {k: v / n for k, v in totals.items() if k != "joint"}

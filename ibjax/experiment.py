@@ -33,24 +33,45 @@ from ibjax import config as configlib
 from ibjax import data as datalib
 from ibjax import evaluation, models, step, workdir as workdirlib
 
-__all__ = ["Experiment", "member_configs", "setup", "RunCheckpoints", "restore_run"]
+__all__ = ["Experiment", "is_population", "member_configs", "member_workdirs", "setup", "RunCheckpoints",
+           "restore_run"]
+
+
+def is_population(config: ml_collections.ConfigDict) -> bool:
+    """Whether ``config`` asks for more than the single run it describes (γ values or seeds)."""
+    return bool(tuple(config.population.gammas)) or config.population.get("num_seeds", 0) > 1
 
 
 def member_configs(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, ...]:
-    """The standalone config of every member: ``(config,)`` for a single run, one per γ for a population.
+    """The standalone config of every member: ``(config,)`` for a single run.
 
-    A member is the same run with its own ``objective.gamma`` and no population.
+    A population's members are every (γ, seed) of ``population.gammas`` ×
+    (``seed``, …, ``seed + population.num_seeds − 1``), γ-major; each is the
+    same run with its own ``objective.gamma`` and ``seed`` and no population.
     """
-    gammas = tuple(float(g) for g in config.population.gammas)
-    if not gammas:
+    if not is_population(config):
         return (config,)
+    gammas = tuple(float(g) for g in config.population.gammas) or (float(config.objective.gamma),)
+    seeds = tuple(config.seed + i for i in range(max(config.population.get("num_seeds", 0), 1)))
     members = []
     for gamma in gammas:
-        member = ml_collections.ConfigDict(config.to_dict())
-        member.objective.gamma = gamma
-        member.population.gammas = ()
-        members.append(member)
+        for seed in seeds:
+            member = ml_collections.ConfigDict(config.to_dict())
+            member.objective.gamma, member.seed = gamma, seed
+            member.population.gammas, member.population.num_seeds = (), 0
+            members.append(member)
     return tuple(members)
+
+
+def member_workdirs(config: ml_collections.ConfigDict, workdir: Path) -> list[Path]:
+    """Where each member's config, metrics and checkpoints go: ``[workdir]`` for a single run."""
+    if not is_population(config):
+        return [Path(workdir)]
+    named_gamma = bool(tuple(config.population.gammas))
+    named_seed = config.population.get("num_seeds", 0) > 1
+    return [workdirlib.member_workdir(workdir, i, m.objective.gamma if named_gamma else None,
+                                      m.seed if named_seed else None)
+            for i, m in enumerate(member_configs(config))]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -96,25 +117,47 @@ class Experiment:
         values = [float(m.objective.gamma) for m in self.members]
         return jax.device_put(jnp.asarray(values, jnp.float32), self.replicated)
 
-    def member_keys(self, key: jax.Array) -> jax.Array:
-        """``key`` for every member ``[M]``: the members of a γ-population share their randomness."""
-        return jax.device_put(jnp.stack([key] * self.num_members), self.replicated)
+    @property
+    def shared_data_order(self) -> bool:
+        """Whether every member has the same seed, hence the same batches (a γ-population)."""
+        return len({m.seed for m in self.members}) == 1
 
     def keys(self) -> dict[str, jax.Array]:
-        """The run's keys from ``config.seed``: ``init``, ``train``, ``shuffle`` and ``eval``."""
-        return dict(zip(("init", "train", "shuffle", "eval"), jax.random.split(jax.random.key(self.config.seed), 4)))
+        """Each member's keys ``[M]`` from its seed: ``init``, ``train``, ``shuffle`` and ``eval``.
+
+        A member's keys are those of a standalone run with its seed, so the
+        members of a γ-population share their randomness and the members of a
+        seed population are the trials of standalone runs.
+        """
+        per_member = [jax.random.split(jax.random.key(m.seed), 4) for m in self.members]
+        return {name: jax.device_put(jnp.stack([keys[i] for keys in per_member]), self.replicated)
+                for i, name in enumerate(("init", "train", "shuffle", "eval"))}
 
     def member_state(self, key: jax.Array | None = None) -> step.TrainState:
-        """One member's freshly initialised state (no member axis), replicated."""
-        key = self.keys()["init"] if key is None else key
+        """One member's freshly initialised state (no member axis), replicated; default: the first member's."""
+        key = self.keys()["init"][0] if key is None else key
         init = jax.jit(lambda k: step.create_train_state(k, self.model, self.tx, self.dataset.image_shape),
                        out_shardings=self.replicated)
         return init(key)
 
     def init_state(self) -> step.TrainState:
-        """The run's initial state ``[M]``: every member starts from the same initialisation."""
-        single = self.member_state()
-        return jax.device_put(step.stack_members([single] * self.num_members), self.replicated)
+        """The run's initial state ``[M]``: each member initialised from its own seed."""
+        keys = self.keys()["init"]
+        first = self.member_state(keys[0])
+        states = [first if self.members[i].seed == self.members[0].seed else self.member_state(keys[i])
+                  for i in range(self.num_members)]
+        return jax.device_put(step.stack_members(states), self.replicated)
+
+    def epoch_batches(self, epoch: int) -> jax.Array:
+        """The epoch's batch indices on the device: ``[steps, B]`` shared by every member, or ``[steps, M, B]``."""
+        n, size = self.dataset.x_train.shape[0], self.config.train.batch_size
+        shuffle = self.keys()["shuffle"]
+        if self.shared_data_order:
+            batches, spec = datalib.epoch_batches(jax.random.fold_in(shuffle[0], epoch), n, size), P(None, "data")
+        else:
+            batches = jnp.stack([datalib.epoch_batches(jax.random.fold_in(k, epoch), n, size) for k in shuffle], 1)
+            spec = P(None, None, "data")
+        return jax.device_put(batches, NamedSharding(self.mesh, spec))
 
     def state_template(self) -> step.TrainState:
         """Shapes, dtypes and shardings of one member's state, for restoring a checkpoint (nothing is computed)."""

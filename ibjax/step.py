@@ -236,9 +236,10 @@ def train_step_fn(model, tx, config, num_classes: int, mesh: Mesh, *, member_map
 
     ``state``, ``totals``, ``rng`` (one key per member) and ``gamma`` carry a
     leading member axis; ``images``/``labels`` are the whole (replicated)
-    training set on device and ``batch_idx`` ``[B]`` picks the batch every
-    member trains on, sharded over the mesh. Members with equal keys see the
-    same randomness (the members of a γ-population).
+    training set on device. ``batch_idx`` picks the batch, sharded over the
+    mesh: ``[B]`` is one batch every member trains on (a γ-population, whose
+    members also share their keys), ``[M, B]`` one batch per member (a seed
+    population, whose members are independent trials).
 
     Before the update is applied, the cross-entropy, the regulariser, the
     loss and the gradient norm are checked for NaN/Inf. A bad step changes
@@ -281,12 +282,15 @@ def train_step_fn(model, tx, config, num_classes: int, mesh: Mesh, *, member_map
         return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                              batch_stats=new_batch_stats, opt_state=opt_state)
 
-    member_gradients = _map_members(gradients, (0, None, None, 0, 0), member_map)
     member_update = _map_members(update, (0, 0, 0, 0), member_map)
 
     def step(state, totals, images, labels, batch_idx, rng, gamma):
-        batch_idx = jax.lax.with_sharding_constraint(batch_idx, batch_sharding)
+        shared = batch_idx.ndim == 1
+        batch_idx = jax.lax.with_sharding_constraint(
+            batch_idx, batch_sharding if shared else NamedSharding(mesh, P(None, "data")))
         x, y = images[batch_idx], labels[batch_idx]
+        data_axis = None if shared else 0
+        member_gradients = _map_members(gradients, (0, data_axis, data_axis, 0, 0), member_map)
         grads, loss, metrics, new_batch_stats, bad_bits = member_gradients(state, x, y, rng, gamma)
         healthy = jnp.all(totals["bad_step"] < 0)
         ok = jnp.all(bad_bits == 0) & healthy

@@ -91,7 +91,7 @@ def train_and_evaluate(
     configlib.validate(config, num_devices=jax.device_count())
     workdir = Path(workdir).absolute()  # Orbax needs absolute paths
     members = experimentlib.member_configs(config)
-    run_dirs = _run_dirs(workdir, config)
+    run_dirs = experimentlib.member_workdirs(config, workdir)
     workdirlib.check_workdir(workdir, config, allow_num_epochs_change)
     if run_dirs != [workdir]:
         for member, directory in zip(members, run_dirs):
@@ -106,12 +106,6 @@ def train_and_evaluate(
         with contextlib.ExitStack() as cleanup:
             loop = _Loop(experiment, workdir, run_dirs, stop, cleanup)
             return loop.run(stop_after_epoch)
-
-
-def _run_dirs(workdir: Path, config) -> list[Path]:
-    """Where each member's config, metrics and checkpoints go."""
-    gammas = tuple(float(g) for g in config.population.gammas)
-    return [workdirlib.member_workdir(workdir, i, g) for i, g in enumerate(gammas)] if gammas else [workdir]
 
 
 @dataclasses.dataclass
@@ -136,7 +130,7 @@ class _Loop:
             self.cleanup.callback(manager.wait_until_finished)
         self.x_train, self.y_train, self.x_test, self.y_test = exp.device_data()
         self.gamma = exp.gammas()
-        self.train_key = exp.member_keys(self.keys["train"])
+        self.train_key = self.keys["train"]
         self.eval_step = exp.eval_step()
         categorical = self.config.model.latent == "categorical"
         self.eval_args = dict(batch_size=self.config.train.eval_batch_size, rng=self.keys["eval"],
@@ -165,7 +159,7 @@ class _Loop:
             # Drop records of epochs after the checkpoint so a resumed run logs each epoch once.
             path = directory / "metrics.jsonl"
             write_jsonl(path, [r for r in (read_jsonl(path) if path.exists() else []) if r.get("epoch", 0) <= start_epoch])
-        example_idx = jax.device_put(jnp.zeros((config.train.batch_size,), jnp.int32), exp.batch_sharding)
+        example_idx = exp.epoch_batches(1)[0]
         compile_start = time.perf_counter()
         self.compiled_step = exp.train_step().lower(
             state, exp.zero_totals(), self.x_train, self.y_train, example_idx, self.train_key, self.gamma).compile()
@@ -202,10 +196,7 @@ class _Loop:
         """The epoch's steps: ``(state, totals, None)``, or a preemption result after a mid-epoch save."""
         exp = self.experiment
         steps = exp.steps_per_epoch
-        batches = jax.device_put(
-            datalib.epoch_batches(jax.random.fold_in(self.keys["shuffle"], epoch), exp.dataset.x_train.shape[0],
-                                  self.config.train.batch_size),
-            jax.sharding.NamedSharding(exp.mesh, jax.sharding.PartitionSpec(None, "data")))
+        batches = exp.epoch_batches(epoch)
         totals, first_step = exp.zero_totals(), 0
         resumed = workdirlib.load_preempted(self.workdir, epoch, state, totals)
         if resumed is not None:
@@ -227,10 +218,16 @@ class _Loop:
                                                     self.last_saved))
         return state, totals, None
 
+    def _member_label(self, i: int) -> str:
+        """``gamma=G`` and/or ``seed=S``: what tells member ``i`` apart (empty for a single run)."""
+        members = self.experiment.members
+        member = members[i]
+        parts = ([f"gamma={member.objective.gamma:g}"] if len({m.objective.gamma for m in members}) > 1 else []) + \
+                ([f"seed={member.seed}"] if len({m.seed for m in members}) > 1 else [])
+        return " and ".join(parts)
+
     def _member_name(self, i: int) -> str:
-        if self.run_dirs == [self.workdir]:
-            return ""
-        return f", member {i} with gamma={self.experiment.members[i].objective.gamma:g}"
+        return f", member {i} with {self._member_label(i)}" if self._member_label(i) else ""
 
     def end_epoch(self, state, totals, epoch: int, first: bool, epoch_start: float, train_seconds: float):
         """Capping, evaluation and the epoch's records (written and printed): ``(state, records)``."""
@@ -266,7 +263,8 @@ class _Loop:
             append_jsonl(self.run_dirs[i] / "metrics.jsonl", record)
             if self.writers:
                 tensorboard.write_record_scalars(self.writers[i], record)
-            prefix = "" if self.run_dirs == [self.workdir] else f"[γ={member.objective.gamma:g}] "
+            label = self._member_label(i).replace("gamma=", "γ=").replace(" and ", " ")
+            prefix = f"[{label}] " if label else ""
             print(prefix + summary_line(record), flush=True)
             records.append(record)
         return state, records
@@ -313,7 +311,7 @@ def epoch_record(member, i: int, epoch: int, step, totals, train_eval, test_eval
     for name in ("accuracy", "decoder_cross_entropy", "prediction_cross_entropy"):
         record[f"test_{name}"] = pick(test_eval[name])
     record.update({"learning_rate": float(lr), "gamma": float(member.objective.gamma),
-                   "regularizer": member.objective.regularizer})
+                   "regularizer": member.objective.regularizer, "seed": int(member.seed)})
     return record
 
 

@@ -98,9 +98,15 @@ def claim_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
     atomic_write_text(workdir / "config.json", configlib.to_json(config))
 
 
-def member_workdir(workdir: Path, index: int, gamma: float) -> Path:
-    """The workdir of member ``index`` (with γ = ``gamma``) of a population run in ``workdir``."""
-    return Path(workdir) / f"member{index:02d}_gamma{gamma:g}"
+def member_workdir(workdir: Path, index: int, gamma: float | None = None, seed: int | None = None) -> Path:
+    """The workdir of member ``index`` of a population run in ``workdir``, named by its γ and seed when they vary.
+
+    Example:
+      >>> member_workdir(Path("runs/pop"), 3, 0.01).as_posix(), member_workdir(Path("p"), 1, seed=7).as_posix()
+      ('runs/pop/member03_gamma0.01', 'p/member01_seed7')
+    """
+    name = f"member{index:02d}" + (f"_gamma{gamma:g}" if gamma is not None else "")
+    return Path(workdir) / (name + (f"_seed{seed}" if seed is not None else ""))
 
 
 class WorkdirLock:
