@@ -1,7 +1,9 @@
 """Section 7.1: Permutation-MNIST, MLP encoder 784-1024-1024-C with a categorical
 latent of C = 100 categories and the over-parameterised decoder C-1024-1024-10.
 
-Train with each objective in turn (8 trials each, --config.seed=0..7):
+Train with each objective in turn, 8 trials each as one seed population
+(--config.population.num_seeds=8: seeds 0..7 in one compiled step, each trial a
+complete run of its own in WORKDIR/memberNN_seedS):
   --config.objective.cross_entropy=decoder      (H_Θ[Y|Z])
   --config.objective.cross_entropy=prediction   (H_Θ[Y|X])
   --config.objective.loss=decoder_uncertainty   (H[Y|Z])

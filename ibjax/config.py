@@ -18,9 +18,6 @@ import ml_collections
 
 __all__ = ["ConfigError", "LOSSES", "default_config", "from_file", "with_defaults", "read_stored", "load_stored", "validate", "to_dict", "to_json", "from_json", "differences"]
 
-# Sources that read the files at config.data.path.
-_PATH_SOURCES = ("idx", "npz", "cifar_pickle")
-
 #: Valid ``objective.loss`` values.
 LOSSES: tuple[str, ...] = ("cross_entropy", "decoder_uncertainty")
 
@@ -95,11 +92,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
 
 
 def _validate_data(config) -> None:
-    from ibjax.data import DATASET_SOURCES, DATASETS
+    from ibjax.data import DATASET_SOURCES, DATASETS, PATH_SOURCES
 
     _choice(config, "data.name", DATASETS)
     _choice(config, "data.source", DATASET_SOURCES[config.data.name])
-    if config.data.source in _PATH_SOURCES and not config.data.path:
+    if config.data.source in PATH_SOURCES and not config.data.path:
         raise ConfigError(f"config.data.path is required for config.data.source={config.data.source!r}.")
     _positive_int(config, "data.split_at", allow_zero=True)
     for field in ("train.progress_bar", "train.tensorboard"):
@@ -271,8 +268,8 @@ def default_config():
 
     config.data = mlc.ConfigDict()
     config.data.name = "digits"       # digits | mnist | permuted_mnist | cifar10
-    config.data.source = "embedded"   # embedded | tfds | idx | npz
-    config.data.path = ""             # IDX directory or .npz file for the offline sources
+    config.data.source = "embedded"   # embedded | tfds | idx | npz | cifar_pickle
+    config.data.path = ""             # IDX directory, .npz file or CIFAR-10 pickle archive/folder (offline sources)
     config.data.split_at = 0          # > 0: re-split train+test at this index
     config.data.permutation_seed = 0  # pixel permutation of permuted_mnist
     config.data.augment = False       # CIFAR pad-4 random crop + flip, on device

@@ -1,6 +1,7 @@
 """End-to-end tests of the training loop, configs and scripts/train.py."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,18 @@ def test_quick_start_command_with_a_relative_workdir(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "epoch   2 |" in result.stdout
     assert (tmp_path / "runs" / "digits" / "checkpoints" / "2").is_dir()
+
+
+def test_headline_cifar_command_without_data_fails_in_one_line_before_touching_disk(tmp_path):
+    workdir = tmp_path / "cifar"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", str(ROOT / "configs" / "cifar_condvar.py"),
+         "--workdir", str(workdir)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TFDS_DATA_DIR": str(tmp_path / "tfds")},
+    )
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: tfds data set 'cifar10' is not prepared in " + str(tmp_path / "tfds"))
+    assert "--config.data.source=cifar_pickle|npz" in lines[0] and "TFDS_DATA_DIR" in lines[0]
+    assert not workdir.exists()
