@@ -7,7 +7,12 @@ appendix A.1 (eqs. 13–18):
     H[Z], H[Z|Y], I[Y;Z] = H[Z] − H[Z|Y], H[Z|X], I[X;Z] = H[Z] − H[Z|X],
     H[Y], H[Y|Z] = H[Y] − I[Y;Z], I[X;Y|Z] = H[Y|Z] − H[Y|X]  (H[Y|X] = 0).
 
-Continuous Z: H[Z] and H[Z|Y] by the k-NN estimators of
+Continuous Z = μ(X) + ε of a deterministic encoder with zero-entropy noise:
+Z is a Gaussian mixture over the training points, and H[Z], H[Z|Y] are the
+Kolchinsky–Tracey pairwise bounds of :mod:`ibjax.estimators` (KL upper bound
+reported, Bhattacharyya lower bound kept beside it); H[Z|X] = 0 exactly, so
+I[X;Z] lies in [0, log N]. Other continuous latents, or ``estimator='knn'``:
+H[Z] and H[Z|Y] by the k-NN estimators of
 :mod:`ibjax.estimators`. H[Z|X] is exactly 0 for a deterministic encoder
 plus zero-entropy noise (Z|X=x is N(f(x), I/(2πe))); for a stochastic
 (dropout) encoder it is estimated from repeated draws per example; without
@@ -15,8 +20,9 @@ noise and with a deterministic encoder it is −∞ and I[X;Z] is undefined
 (section 6.1), recorded as ``null``. The Gaussian latent of the Deep
 Variational IB (``latent='vib'``) has an exact H[Z|X] from its encoder scales
 σ(x) (:func:`gaussian_conditional_entropy`). Categorical Z: every quantity is exact
-(:mod:`ibjax.information`). The analysis never retrains: it reads the
-checkpoints that training left.
+(:mod:`ibjax.information`). Every record names its H[Z] estimator and flags
+impossible values (:func:`impossible_value_flags`). The analysis never
+retrains: it reads the checkpoints that training left.
 """
 
 from __future__ import annotations
@@ -30,11 +36,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from ibjax import data as datalib
-from ibjax import estimators, evaluation, experiment, information
+from ibjax import capping, estimators, evaluation, experiment, information
+from ibjax.losses import ZERO_ENTROPY_STD
 from ibjax.io import append_jsonl, read_jsonl
 
-__all__ = ["continuous_quantities", "categorical_quantities", "gaussian_conditional_entropy", "make_latent_fn",
-           "compute_latents", "analyze_run"]
+__all__ = ["ESTIMATORS", "continuous_quantities", "mixture_quantities", "categorical_quantities",
+           "gaussian_conditional_entropy", "impossible_value_flags", "make_latent_fn", "compute_latents",
+           "analyze_run"]
+
+#: Valid ``estimator`` values of :func:`analyze_run`: the Gaussian-mixture bounds
+#: for noisy deterministic latents (k-NN where they do not apply), or k-NN always.
+ESTIMATORS: tuple[str, ...] = ("mixture", "knn")
+
+#: How H[Z] and H[Z|Y] were obtained, written beside them in every record.
+H_Z_ESTIMATORS = {
+    "mixture": "mixture: Kolchinsky-Tracey KL upper bound of the Gaussian mixture over the training points "
+               "(h_z, h_z_given_y; Bhattacharyya lower bounds in h_z_lower, h_z_given_y_lower)",
+    "knn": "knn: Kozachenko-Leonenko k-NN estimate from one noise draw per example",
+    "exact": "exact: categorical latent",
+}
+
+# Slack (nats) before a value counts as impossible: float rounding, not estimator bias.
+_FLAG_TOLERANCE = 1e-3
 
 #: How H[Z|X] was obtained, written beside it in every record.
 H_Z_GIVEN_X_METHODS = {
@@ -74,7 +97,57 @@ def continuous_quantities(
     """
     h_z = float(estimators.knn_entropy(z, k=k))
     h_z_given_y = float(estimators.knn_conditional_entropy(z, labels, k=k))
-    return _assemble(h_z, h_z_given_y, h_z_given_x, h_z_given_x_method, _label_entropy(labels, num_classes))
+    quantities = _assemble(h_z, h_z_given_y, h_z_given_x, h_z_given_x_method, _label_entropy(labels, num_classes))
+    return dict(quantities, h_z_estimator=H_Z_ESTIMATORS["knn"])
+
+
+def mixture_quantities(means: jax.Array, labels: np.ndarray, num_classes: int, noise_std: float) -> dict[str, Any]:
+    """Information-plane quantities of Z = μ(X) + ε, ε ~ N(0, σ² I), from the Gaussian-mixture bounds (nats).
+
+    H[Z] and H[Z|Y] are the KL upper bounds of
+    :func:`ibjax.estimators.mixture_entropy_bounds` (the Bhattacharyya lower
+    bounds are kept as ``h_z_lower`` and ``h_z_given_y_lower``); H[Z|X] is the
+    noise entropy exactly, so I[X;Z] lies in [0, log N] by construction.
+
+    Args:
+      means: ``[N, K]`` noise-free latents μ(x) of the training set.
+      labels: ``[N]`` integer labels.
+      num_classes: number of classes.
+      noise_std: σ of the latent's noise.
+    """
+    lower, upper = estimators.mixture_entropy_bounds(means, noise_std)
+    lower_y, upper_y = estimators.mixture_conditional_entropy_bounds(means, labels, noise_std)
+    h_noise = estimators.gaussian_noise_entropy(noise_std, int(means.shape[1]))
+    quantities = _assemble(float(upper), float(upper_y), h_noise, "exact_zero", _label_entropy(labels, num_classes))
+    return dict(quantities, h_z_lower=float(lower), h_z_given_y_lower=float(lower_y),
+                h_z_estimator=H_Z_ESTIMATORS["mixture"])
+
+
+def impossible_value_flags(record: dict[str, Any], num_examples: int) -> list[str]:
+    """The quantities of an information-plane record outside their possible range, each with its likely cause.
+
+    I[X;Z] ≤ H[X] = log N for N equally likely training points, I[Y;Z] ≥ 0,
+    and the Residual Information I[X;Y|Z] = H[Y|Z] lies in [0, H[Y]].
+
+    Example:
+      >>> impossible_value_flags({"preserved_information": 9.0, "i_y_z": 0.5, "residual_information": 1.0,
+      ...                         "h_y": 2.3}, num_examples=100)[0][:22]
+      'I[X;Z] > log N = 4.605'
+    """
+    flags = []
+    log_n = math.log(num_examples)
+    preserved = record.get("preserved_information")
+    if preserved is not None and preserved > log_n + _FLAG_TOLERANCE:
+        flags.append(f"I[X;Z] > log N = {log_n:.3f}: the H[Z] estimate is biased high (k-NN from one noise draw "
+                     "per example cannot see the noise; use the mixture bounds)")
+    if record["i_y_z"] < -_FLAG_TOLERANCE:
+        flags.append("I[Y;Z] < 0: H[Z] and H[Z|Y] are biased differently (k-NN on classes of different sizes, or "
+                     "a collapsed latent)")
+    residual = record["residual_information"]
+    if not -_FLAG_TOLERANCE <= residual <= record["h_y"] + _FLAG_TOLERANCE:
+        flags.append(f"Residual Information {residual:.3f} outside [0, H[Y] = {record['h_y']:.3f}]: I[Y;Z] is "
+                     "estimated outside [0, H[Y]]")
+    return flags
 
 
 def categorical_quantities(z_probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
@@ -90,7 +163,8 @@ def categorical_quantities(z_probs: np.ndarray, labels: np.ndarray, num_classes:
     h_y = float(information.entropy(jnp.sum(joint, axis=0)))
     h_z_given_y = float(information.entropy(joint)) - h_y
     h_z_given_x = float(jnp.mean(jax.vmap(information.entropy)(jnp.asarray(z_probs))))
-    return _assemble(h_z, h_z_given_y, h_z_given_x, "exact_categorical", h_y)
+    return dict(_assemble(h_z, h_z_given_y, h_z_given_x, "exact_categorical", h_y),
+                h_z_estimator=H_Z_ESTIMATORS["exact"])
 
 
 def gaussian_conditional_entropy(z_scale: jax.Array) -> jax.Array:
@@ -184,11 +258,23 @@ def _h_z_given_x(config, stochastic_fn, scale_fn, state, images, k: int, num_exa
     return float(np.mean(per_example)), "estimated"
 
 
+def _make_noise_free_latent_fn(model, config):
+    """Jitted ``(state, images_uint8, key) -> μ(x)`` ``[B, K]``: the latent before its noise, eval mode."""
+    @jax.jit
+    def mean_fn(state, batch, key):
+        del key  # deterministic
+        variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+        return capping.noise_free_latent(model, variables, datalib.preprocess(batch, config.data.name))
+
+    return mean_fn
+
+
 def _read_done_epochs(path: Path) -> set[int]:
     return {int(r["epoch"]) for r in read_jsonl(path)} if path.exists() else set()
 
 
-def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = True) -> list[dict]:
+def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = True,
+                estimator: str = "mixture") -> list[dict]:
     """Computes the information-plane quantities of every checkpoint of a run.
 
     Appends one record per epoch to ``workdir/information_plane.jsonl``;
@@ -200,15 +286,25 @@ def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = 
       k: neighbours of the k-NN estimators.
       max_examples: use only the first N training examples (0: all).
       progress: show a progress bar over checkpoints.
+      estimator: one of :data:`ESTIMATORS`. ``'mixture'`` (default) bounds
+        H[Z] and H[Z|Y] of a deterministic encoder with zero-entropy noise by
+        the Gaussian-mixture bounds (:func:`mixture_quantities`); other
+        continuous latents (Dropout, VIB, no noise) use k-NN either way.
+
+    Every record names the estimator of H[Z] (``h_z_estimator``) and lists
+    the impossible values it holds in ``flags`` (:func:`impossible_value_flags`).
 
     Returns:
       The records computed by this call.
     """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"`estimator` must be one of {ESTIMATORS}; got {estimator!r}.")
     with experiment.restore_run(workdir) as run:
-        return _analyze_checkpoints(run, k, max_examples, progress)
+        return _analyze_checkpoints(run, k, max_examples, progress, estimator)
 
 
-def _analyze_checkpoints(run: experiment.RunCheckpoints, k: int, max_examples: int, progress: bool) -> list[dict]:
+def _analyze_checkpoints(run: experiment.RunCheckpoints, k: int, max_examples: int, progress: bool,
+                         estimator: str) -> list[dict]:
     from tqdm.auto import tqdm
 
     config, dataset, workdir = run.experiment.config, run.experiment.dataset, run.workdir
@@ -224,12 +320,18 @@ def _analyze_checkpoints(run: experiment.RunCheckpoints, k: int, max_examples: i
     latent_fn = make_latent_fn(model, config)
     stochastic_fn = make_latent_fn(model, config, stochastic=True)
     scale_fn = make_latent_fn(model, config, scale=True) if config.model.latent == "vib" else None
+    use_mixture = (estimator == "mixture" and config.model.latent == "continuous" and config.model.noise
+                   and config.model.encoder != "dropout_cnn")
+    mean_fn = _make_noise_free_latent_fn(model, config) if use_mixture else None
     records = []
     for epoch in tqdm(epochs, desc=f"analyse {workdir.name}", unit="ckpt", disable=not progress):
         state, _ = run.restore(epoch)
         latents = compute_latents(latent_fn, state, images)[0]
         if config.model.latent == "categorical":
             quantities = categorical_quantities(np.asarray(latents), labels, dataset.num_classes)
+        elif use_mixture:
+            means = compute_latents(mean_fn, state, images)[0]
+            quantities = mixture_quantities(np.asarray(means), labels, dataset.num_classes, ZERO_ENTROPY_STD)
         else:
             h, method = _h_z_given_x(config, stochastic_fn, scale_fn, state, images, k)
             quantities = continuous_quantities(np.asarray(latents), labels, dataset.num_classes, h_z_given_x=h,
@@ -244,6 +346,7 @@ def _analyze_checkpoints(run: experiment.RunCheckpoints, k: int, max_examples: i
             "train_accuracy": m.get("train_accuracy", math.nan),
             "test_accuracy": m.get("test_accuracy", math.nan),
         }
+        record["flags"] = impossible_value_flags(record, len(labels))
         append_jsonl(out_path, record)
         records.append(record)
     return records

@@ -19,12 +19,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -33,7 +35,7 @@ from ibjax import config as configlib
 from ibjax import data as datalib
 from ibjax import evaluation, models, step, workdir as workdirlib
 
-__all__ = ["Experiment", "is_population", "member_configs", "member_workdirs", "setup", "RunCheckpoints",
+__all__ = ["Experiment", "is_population", "member_configs", "member_workdirs", "setup", "put", "RunCheckpoints",
            "restore_run"]
 
 
@@ -114,8 +116,7 @@ class Experiment:
 
     def gammas(self) -> jax.Array:
         """γ of every member ``[M]``, replicated on the mesh."""
-        values = [float(m.objective.gamma) for m in self.members]
-        return jax.device_put(jnp.asarray(values, jnp.float32), self.replicated)
+        return put(np.asarray([float(m.objective.gamma) for m in self.members], np.float32), self.replicated)
 
     @property
     def shared_data_order(self) -> bool:
@@ -129,9 +130,20 @@ class Experiment:
         members of a γ-population share their randomness and the members of a
         seed population are the trials of standalone runs.
         """
-        per_member = [jax.random.split(jax.random.key(m.seed), 4) for m in self.members]
-        return {name: jax.device_put(jnp.stack([keys[i] for keys in per_member]), self.replicated)
-                for i, name in enumerate(("init", "train", "shuffle", "eval"))}
+        return dict(self._keys)
+
+    @functools.cached_property
+    def _keys(self) -> dict[str, jax.Array]:
+        seeds = tuple(int(m.seed) for m in self.members)
+
+        def make():
+            per_member = [jax.random.split(jax.random.key(seed), 4) for seed in seeds]
+            return {name: jnp.stack([keys[i] for keys in per_member])
+                    for i, name in enumerate(("init", "train", "shuffle", "eval"))}
+
+        # Made by a computation on the mesh: a key array on one device cannot
+        # be placed on a mesh that spans other processes' devices.
+        return jax.jit(make, out_shardings=self.replicated)()
 
     def member_state(self, key: jax.Array | None = None) -> step.TrainState:
         """One member's freshly initialised state (no member axis), replicated; default: the first member's."""
@@ -166,7 +178,12 @@ class Experiment:
         return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
 
     def zero_totals(self) -> dict[str, jax.Array]:
-        return jax.device_put(step.zero_totals(self.config, self.num_members), self.replicated)
+        """Fresh per-epoch accumulators ``[M]`` of the train step, replicated on the mesh."""
+        return self._zero_totals()
+
+    @functools.cached_property
+    def _zero_totals(self) -> Callable[[], dict[str, jax.Array]]:
+        return jax.jit(lambda: step.zero_totals(self.config, self.num_members), out_shardings=self.replicated)
 
     def train_step(self, member_map: str = "vmap") -> Callable:
         """The jitted train step of :func:`ibjax.step.make_train_step` for this run."""
@@ -180,7 +197,21 @@ class Experiment:
     def device_data(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """``(x_train, y_train, x_test, y_test)`` replicated on the mesh."""
         d = self.dataset
-        return jax.device_put((d.x_train, d.y_train, d.x_test, d.y_test), self.replicated)
+        return tuple(put(x, self.replicated) for x in (d.x_train, d.y_train, d.x_test, d.y_test))
+
+
+def put(x, sharding: NamedSharding) -> jax.Array:
+    """A host array placed with ``sharding``; on a mesh over several processes, each places its own shards.
+
+    Every process must pass the same values (each process loads the same
+    data set and builds the same config). Unlike ``jax.device_put``, the
+    multi-process path compares nothing across processes, so placing a large
+    data set costs no cross-process traffic.
+    """
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
 def setup(config: ml_collections.ConfigDict, *, dataset: datalib.Dataset | None = None,
@@ -262,7 +293,7 @@ def restore_run(workdir: str | Path, *, dataset: datalib.Dataset | None = None) 
     config_path = workdir / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training run directory.")
-    # One device: restoring and evaluating need no data parallelism, and the
-    # stored batch size need not divide this machine's device count.
-    one_device = step.make_mesh(jax.devices()[:1])
+    # One device of this process: restoring and evaluating need no data
+    # parallelism, and the stored batch size need not divide the device count.
+    one_device = step.make_mesh(jax.local_devices()[:1])
     return RunCheckpoints(workdir, setup(configlib.load_stored(config_path), dataset=dataset, mesh=one_device))

@@ -73,6 +73,9 @@ _CROSS_ENTROPY_METRICS = (
 PRESERVED_INFORMATION_LABEL = r"Preserved Information $I[X;Z]$ (nats)"
 RESIDUAL_INFORMATION_LABEL = r"Residual Information $I[X;Y|Z]$ (nats)"
 _BASELINE_COLOR = "0.55"
+#: Colour and legend label of information-plane points whose record carries impossible-value flags.
+FLAGGED_COLOR = "red"
+FLAGGED_LABEL = "impossible value (flagged)"
 _BASELINE_LABEL = r"$\gamma = 0$ (no regulariser)"
 _PNG_DPI = 150
 
@@ -464,6 +467,11 @@ def _draw_trajectory(
     epochs = [_field(run, r, "epoch") for r in records]
     ax.plot(x, y, color=color, lw=1.5, alpha=0.9, zorder=2)
     ax.scatter(x, y, c=epochs, cmap=epoch_cmap, norm=epoch_norm, s=14, zorder=3, edgecolors=[color], linewidths=0.6)
+    # Records with impossible values (ibjax.analysis.impossible_value_flags) are crossed out in red.
+    flagged = [(a, b) for a, b, r in zip(x, y, records) if r.get("flags")]
+    if flagged:
+        ax.scatter(*zip(*flagged), marker="x", color=FLAGGED_COLOR, s=40, linewidths=1.2, zorder=4,
+                   label=FLAGGED_LABEL)
 
 
 def _quartile_curve(runs: Sequence[Run], key: str) -> tuple[np.ndarray, ...] | None:

@@ -15,6 +15,14 @@ one member in ``workdir``; ``config.population.gammas`` trains one member per
 Throughput: the data set lives on the device(s), each epoch's batch indices
 are drawn on the device, the step is compiled once ahead of time with its
 state donated, and metrics stay on the device until the epoch ends.
+
+Multi-process (``jax.distributed``, :func:`initialize_distributed`): the mesh
+spans every process's devices and each process feeds its shard of the global
+batch; every process runs the same loop, process 0 alone writes
+``config.json``, ``metrics.jsonl``, TensorBoard files and the lock and prints,
+every process takes part in each checkpoint (Orbax's multi-host protocol), and
+a stop request to any process is agreed on after every step, so all stop at
+the same step with one mid-epoch checkpoint.
 """
 
 from __future__ import annotations
@@ -44,7 +52,25 @@ from ibjax.io import append_jsonl, read_jsonl, write_jsonl
 from ibjax.step import NonFiniteError
 from ibjax.workdir import WorkdirError
 
-__all__ = ["train_and_evaluate", "NonFiniteError", "WorkdirError"]
+__all__ = ["train_and_evaluate", "initialize_distributed", "NonFiniteError", "WorkdirError"]
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """``jax.distributed.initialize`` once, before the first device query.
+
+    Without arguments JAX detects them (Cloud TPU pod slices, SLURM, Open
+    MPI; ``JAX_COORDINATOR_ADDRESS`` is read too); give all three to launch
+    the processes yourself, e.g. several processes on one machine with CPU
+    collectives over gloo. A second call does nothing.
+    """
+    if jax.distributed.is_initialized():
+        return
+    if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") is None:
+        # Older jax had no cross-process CPU collectives unless asked for.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
 
 
 def train_and_evaluate(
@@ -66,6 +92,8 @@ def train_and_evaluate(
 
     SIGTERM/SIGINT finish the current step, save a mid-epoch checkpoint and
     return ``{"preempted": True, ...}``; the same call resumes exactly there.
+    In a multi-process run a signal to any process stops every process at the
+    same step.
     A NaN/Inf in the loss, regulariser, cross-entropy or gradient norm raises
     :class:`NonFiniteError` before the bad update is applied or anything saved.
 
@@ -87,7 +115,7 @@ def train_and_evaluate(
       left to do.
     """
     if config.get("distributed", False):
-        jax.distributed.initialize()
+        initialize_distributed()
     configlib.validate(config, num_devices=jax.device_count())
     workdir = Path(workdir).absolute()  # Orbax needs absolute paths
     members = experimentlib.member_configs(config)
@@ -138,8 +166,9 @@ class _Loop:
                               joint_shape=(self.config.model.latent_dim, exp.num_classes) if categorical else None)
         self.latent_fn = capping.make_latent_fn(exp.model, self.config) if self.config.capping.schedule else None
         # TensorBoard event files beside each metrics.jsonl (which stays what analysis and plots read).
+        self.primary = workdirlib.is_primary()
         self.writers = ([self.cleanup.enter_context(tensorboard.ScalarWriter(d)) for d in self.run_dirs]
-                        if self.config.train.get("tensorboard", True) else [])
+                        if self.config.train.get("tensorboard", True) and self.primary else [])
 
     def restore_or_init(self) -> tuple[steplib.TrainState, int]:
         """The state to continue from and its epoch (0: a fresh run)."""
@@ -149,13 +178,13 @@ class _Loop:
             return exp.init_state(), 0
         template = exp.state_template()
         states = [workdirlib.restore_state(m, start_epoch, template)[0] for m in self.managers]
-        print(f"Resuming {self.workdir} from the checkpoint of epoch {start_epoch}.", flush=True)
+        self.say(f"Resuming {self.workdir} from the checkpoint of epoch {start_epoch}.")
         return jax.device_put(steplib.stack_members(states), exp.replicated), start_epoch
 
     def run(self, stop_after_epoch: int | None) -> dict[str, Any]:
         exp, config = self.experiment, self.config
         state, start_epoch = self.restore_or_init()
-        for directory in self.run_dirs:
+        for directory in self.run_dirs if self.primary else []:
             # Drop records of epochs after the checkpoint so a resumed run logs each epoch once.
             path = directory / "metrics.jsonl"
             write_jsonl(path, [r for r in (read_jsonl(path) if path.exists() else []) if r.get("epoch", 0) <= start_epoch])
@@ -175,21 +204,32 @@ class _Loop:
             train_seconds = time.perf_counter() - epoch_start
             state, records = self.end_epoch(state, totals, epoch, epoch == start_epoch + 1, epoch_start, train_seconds)
             # A signal that arrived after the epoch's last step stops here, with the epoch checkpointed.
-            stopping = self.stop.signal is not None and epoch < num_epochs
+            stopping = epoch < num_epochs and self.stop.agreed() is not None
             if (epoch % config.checkpoint.every_epochs == 0 or epoch in (num_epochs, stop_after_epoch) or stopping):
                 self.save(state, epoch, records)
             workdirlib.clear_preempted(self.workdir)
             if stopping:
-                return {"preempted": True, "epoch": epoch, "step_in_epoch": exp.steps_per_epoch,
-                        "signal": self.stop.signal}
+                return self.preempted(epoch, exp.steps_per_epoch)
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 break
         if not records:
             return {}
         result = dict(records[0], members=records) if len(self.run_dirs) > 1 or self.run_dirs[0] != self.workdir \
             else dict(records[0])
-        if self.stop.signal is not None:
-            result["signal"] = self.stop.signal  # finished anyway; callers (sweeps) should still stop
+        if self.stop.agreed() is not None:
+            result["signal"] = self.stop.agreed()  # finished anyway; callers (sweeps) should still stop
+        return result
+
+    def say(self, text: str) -> None:
+        """Prints ``text`` (process 0 only in a multi-process run)."""
+        if self.primary:
+            print(text, flush=True)
+
+    def preempted(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
+        """The result of a run stopped by a signal (to this process or, multi-process, to any)."""
+        result = {"preempted": True, "epoch": epoch, "step_in_epoch": step_in_epoch, "signal": self.stop.agreed()}
+        if self.stop.signalled_process is not None:
+            result["signalled_process"] = self.stop.signalled_process
         return result
 
     def train_epoch(self, state, epoch: int):
@@ -201,16 +241,19 @@ class _Loop:
         resumed = workdirlib.load_preempted(self.workdir, epoch, state, totals)
         if resumed is not None:
             state, totals, first_step = resumed
-            print(f"Resuming epoch {epoch} at step {first_step} of {steps}.", flush=True)
-        with _progress(steps, first_step, epoch, self.config.train.get("progress_bar", True)) as bar:
+            self.say(f"Resuming epoch {epoch} at step {first_step} of {steps}.")
+        # Multi-process: every process asks the others after each step (a
+        # collective), so all stop after the same step. Single-process: a
+        # Python attribute read, no round trip to the device.
+        stop = self.stop.agreed if workdirlib.is_multiprocess() else lambda: self.stop.signal
+        with _progress(steps, first_step, epoch, self.config.train.get("progress_bar", True) and self.primary) as bar:
             for i in range(first_step, steps):
                 state, totals = self.compiled_step(state, totals, self.x_train, self.y_train, batches[i],
                                                    self.train_key, self.gamma)
                 bar.update(1)
-                if self.stop.signal is not None and i + 1 < steps:
+                if i + 1 < steps and stop() is not None:
                     workdirlib.save_preempted(self.workdir, state, totals, epoch, i + 1)
-                    return state, totals, {"preempted": True, "epoch": epoch, "step_in_epoch": i + 1,
-                                           "signal": self.stop.signal}
+                    return state, totals, self.preempted(epoch, i + 1)
         totals = jax.device_get(totals)
         for i in np.flatnonzero(totals["bad_step"] >= 0):
             raise NonFiniteError(_nonfinite_message(self.experiment.members[i], int(totals["bad_terms"][i]),
@@ -260,12 +303,13 @@ class _Loop:
                           / train_seconds, epoch_seconds=epoch_seconds, **capped[i])
             if first:
                 record["compile_seconds"] = self.compile_seconds
-            append_jsonl(self.run_dirs[i] / "metrics.jsonl", record)
+            if self.primary:
+                append_jsonl(self.run_dirs[i] / "metrics.jsonl", record)
             if self.writers:
                 tensorboard.write_record_scalars(self.writers[i], record)
             label = self._member_label(i).replace("gamma=", "γ=").replace(" and ", " ")
             prefix = f"[{label}] " if label else ""
-            print(prefix + summary_line(record), flush=True)
+            self.say(prefix + summary_line(record))
             records.append(record)
         return state, records
 

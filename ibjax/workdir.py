@@ -6,6 +6,13 @@ one member workdir per member below its own (:func:`member_workdir`), each a
 complete run. Nothing here touches a workdir that belongs to another run:
 :func:`check_workdir` only reads, and :func:`claim_workdir`, which writes
 ``config.json``, is called once every check that can fail has passed.
+
+Multi-process runs (``jax.distributed``; one workdir on a file system every
+process sees): every process makes the same checks, process 0 alone holds the
+lock and writes files, the checkpoint functions are called by every process
+(Orbax's multi-host protocol: each process writes its shards, process 0
+finalises), and :meth:`StopRequests.agreed` tells every process whether any
+of them was signalled.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 import ibjax
 from ibjax import config as configlib
@@ -30,6 +39,9 @@ from ibjax.io import atomic_write_text
 
 __all__ = [
     "WorkdirError",
+    "is_multiprocess",
+    "is_primary",
+    "sync_processes",
     "IGNORED_ON_RESUME",
     "run_differences",
     "check_workdir",
@@ -51,6 +63,34 @@ IGNORED_ON_RESUME: tuple[str, ...] = ("train.progress_bar", "train.tensorboard")
 
 class WorkdirError(RuntimeError):
     """The workdir belongs to another run (different config) or is unusable."""
+
+
+# --------------------------------------------------------------------------
+# Processes (jax.distributed)
+# --------------------------------------------------------------------------
+
+
+def is_multiprocess() -> bool:
+    """Whether this is one of several JAX processes (``jax.distributed`` initialised with more than one)."""
+    return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def is_primary() -> bool:
+    """Whether this process writes the run's files: process 0 (always true in a single-process run)."""
+    return not is_multiprocess() or jax.process_index() == 0
+
+
+def sync_processes(name: str) -> None:
+    """A barrier across all processes (nothing in a single-process run)."""
+    if is_multiprocess():
+        multihost_utils.sync_global_devices(name)
+
+
+def _all_processes(ok: bool) -> bool:
+    """Whether ``ok`` holds on every process (the same answer everywhere; a collective)."""
+    if not is_multiprocess():
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def run_differences(stored: dict[str, Any], current: dict[str, Any], *,
@@ -93,9 +133,14 @@ def check_workdir(workdir: Path, config: ml_collections.ConfigDict, allow_num_ep
 
 
 def claim_workdir(workdir: Path, config: ml_collections.ConfigDict) -> None:
-    """Creates the workdir and writes its ``config.json``: from here on it belongs to this run."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(workdir / "config.json", configlib.to_json(config))
+    """Creates the workdir and writes its ``config.json``: from here on it belongs to this run.
+
+    Multi-process: process 0 writes, every process returns once it has.
+    """
+    if is_primary():
+        workdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(workdir / "config.json", configlib.to_json(config))
+    sync_processes("ibjax_claim_workdir")
 
 
 def member_workdir(workdir: Path, index: int, gamma: float | None = None, seed: int | None = None) -> Path:
@@ -114,6 +159,8 @@ class WorkdirLock:
 
     A lock whose process no longer exists on this host (a killed run) is
     stale and taken over. Created with O_EXCL, so two starts cannot both win.
+    In a multi-process run process 0 holds it, and every process raises
+    :class:`WorkdirError` if process 0 could not take it.
     """
 
     def __init__(self, workdir: Path):
@@ -128,6 +175,19 @@ class WorkdirLock:
             return None
 
     def __enter__(self):
+        if not is_multiprocess():
+            return self._acquire()
+        error = None
+        if is_primary():
+            try:
+                self._acquire()
+            except WorkdirError as e:
+                error = e
+        if not _all_processes(error is None):
+            raise error or WorkdirError(f"process 0 could not lock {self.path}; see its error.")
+        return self
+
+    def _acquire(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
@@ -173,6 +233,9 @@ def _process_alive(pid: int) -> bool:
 class StopRequests:
     """Turns SIGTERM/SIGINT into a flag checked between steps or runs (a second SIGINT aborts).
 
+    :attr:`signal` is this process's flag (a Python attribute read);
+    :meth:`agreed` is the flag every process of a multi-process run agrees on.
+
     Args:
       message: printed when the first signal arrives.
     """
@@ -180,6 +243,25 @@ class StopRequests:
     def __init__(self, message: str = "finishing the current step and saving a checkpoint."):
         self.signal = None
         self.message = message
+        self.agreed_signal: str | None = None
+        self.signalled_process: int | None = None
+
+    def agreed(self) -> str | None:
+        """The signal any process received, or None: the same answer on every process.
+
+        Single-process: :attr:`signal`. Multi-process: a collective (every
+        process must call it at the same point of the run) that gathers every
+        process's flag; once a signal is agreed it stays agreed, and
+        :attr:`signalled_process` names the first process that had one.
+        """
+        if not is_multiprocess():
+            return self.signal
+        code = signal.Signals[self.signal].value if self.signal is not None else 0
+        codes = np.ravel(multihost_utils.process_allgather(np.int32(code)))
+        if self.agreed_signal is None and np.any(codes):
+            self.signalled_process = int(np.flatnonzero(codes)[0])
+            self.agreed_signal = signal.Signals(int(codes[self.signalled_process])).name
+        return self.agreed_signal
 
     def __enter__(self):
         self._previous = {}
@@ -261,17 +343,25 @@ _PREEMPTED = "preempted"
 
 
 def save_preempted(workdir: Path, state, totals, epoch: int, step_in_epoch: int) -> None:
-    """Mid-epoch checkpoint of the whole run; its JSON marker is written last, so a torn save is never read."""
+    """Mid-epoch checkpoint of the whole run; its JSON marker is written last, so a torn save is never read.
+
+    Multi-process: every process calls it; process 0 removes the old save and
+    writes the marker, each process writes its shards.
+    """
     marker = workdir / f"{_PREEMPTED}.json"
-    marker.unlink(missing_ok=True)
     directory = (workdir / _PREEMPTED).absolute()
-    if directory.exists():
-        shutil.rmtree(directory)
+    if is_primary():
+        marker.unlink(missing_ok=True)
+        if directory.exists():
+            shutil.rmtree(directory)
+    sync_processes("ibjax_save_preempted_cleared")
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(directory, {"state": state, "totals": totals})
         checkpointer.wait_until_finished()
-    atomic_write_text(marker, json.dumps({"epoch": epoch, "step_in_epoch": step_in_epoch,
-                                          "ibjax_version": ibjax.__version__}))
+    if is_primary():
+        atomic_write_text(marker, json.dumps({"epoch": epoch, "step_in_epoch": step_in_epoch,
+                                              "ibjax_version": ibjax.__version__}))
+    sync_processes("ibjax_save_preempted_done")
 
 
 def load_preempted(workdir: Path, epoch: int, state, totals):
@@ -282,9 +372,10 @@ def load_preempted(workdir: Path, epoch: int, state, totals):
     ignored with a message: the epoch restarts from its beginning.
     """
     marker = workdir / f"{_PREEMPTED}.json"
-    if not marker.exists():
+    try:
+        meta = json.loads(marker.read_text())
+    except FileNotFoundError:
         return None
-    meta = json.loads(marker.read_text())
     if meta.get("epoch") != epoch:
         return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"state": state, "totals": totals})
@@ -300,6 +391,7 @@ def load_preempted(workdir: Path, epoch: int, state, totals):
 
 
 def clear_preempted(workdir: Path) -> None:
-    """Removes the mid-epoch checkpoint once its epoch is complete."""
-    (workdir / f"{_PREEMPTED}.json").unlink(missing_ok=True)
-    shutil.rmtree(workdir / _PREEMPTED, ignore_errors=True)
+    """Removes the mid-epoch checkpoint once its epoch is complete (process 0 of a multi-process run)."""
+    if is_primary():
+        (workdir / f"{_PREEMPTED}.json").unlink(missing_ok=True)
+        shutil.rmtree(workdir / _PREEMPTED, ignore_errors=True)

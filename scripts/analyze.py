@@ -14,6 +14,8 @@ from ibjax.io import find_run_dirs
 _WORKDIRS = flags.DEFINE_multi_string("workdir", None, "Run or sweep directory (repeatable).")
 _K = flags.DEFINE_integer("k", 3, "Neighbours of the k-NN entropy estimators.")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 0, "Use only the first N training examples (0: all).")
+_ESTIMATOR = flags.DEFINE_enum("estimator", "mixture", list(analysis.ESTIMATORS),
+                               "H[Z], H[Z|Y] of noisy deterministic latents: Gaussian-mixture bounds or k-NN.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -26,8 +28,11 @@ def main(argv):
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     for run_dir in run_dirs:
-        records = analysis.analyze_run(run_dir, k=_K.value, max_examples=_MAX_EXAMPLES.value)
-        print(f"{run_dir}: {len(records)} new epoch(s) -> {run_dir / 'information_plane.jsonl'}")
+        records = analysis.analyze_run(run_dir, k=_K.value, max_examples=_MAX_EXAMPLES.value,
+                                       estimator=_ESTIMATOR.value)
+        flagged = sum(bool(r["flags"]) for r in records)
+        print(f"{run_dir}: {len(records)} new epoch(s) -> {run_dir / 'information_plane.jsonl'}"
+              + (f"; {flagged} with impossible values (see their 'flags')" if flagged else ""))
 
 
 if __name__ == "__main__":

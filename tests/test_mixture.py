@@ -1,0 +1,179 @@
+"""Gaussian-mixture entropy bounds (Kolchinsky & Tracey 2017) against float64 references and Monte Carlo."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+
+from ibjax import estimators as E
+from ibjax.losses import ZERO_ENTROPY_STD
+
+
+def reference_bounds(means, sigma):
+    """float64 NumPy: H_ε − mean_i log mean_j exp(−‖μ_i − μ_j‖² / (c σ²)), c = 8 (lower) and 2 (upper)."""
+    means = np.asarray(means, np.float64)
+    n, d = means.shape
+    sq = np.sum((means[:, None, :] - means[None, :, :]) ** 2, axis=-1)
+    h_eps = 0.5 * d * math.log(2 * math.pi * math.e * sigma**2)
+    return tuple(h_eps - np.mean(logsumexp(-sq / (c * sigma**2), axis=1) - math.log(n)) for c in (8.0, 2.0))
+
+
+def monte_carlo_entropy(means, sigma, num_samples, seed=0):
+    """−E log p(Z) of the equal-weight mixture, float64, with its standard error."""
+    rng = np.random.default_rng(seed)
+    n, d = means.shape
+    z = means[rng.integers(0, n, num_samples)] + sigma * rng.standard_normal((num_samples, d))
+    sq = np.sum((z[:, None, :] - means[None, :, :]) ** 2, axis=-1)
+    log_p = logsumexp(-sq / (2 * sigma**2), axis=1) - math.log(n) - 0.5 * d * math.log(2 * math.pi * sigma**2)
+    return -np.mean(log_p), np.std(log_p) / math.sqrt(num_samples)
+
+
+@pytest.mark.parametrize("scale, sigma", [(1.0, 0.7), (30.0, 0.5), (1e-3, ZERO_ENTROPY_STD), (1e4, 200.0)])
+def test_bounds_match_float64_reference(scale, sigma):
+    means = scale * np.random.default_rng(1).standard_normal((70, 4))
+    lower, upper = E.mixture_entropy_bounds(means.astype(np.float32), sigma)
+    want_lower, want_upper = reference_bounds(means.astype(np.float32), sigma)
+    assert float(lower) == pytest.approx(want_lower, rel=1e-5, abs=2e-4)
+    assert float(upper) == pytest.approx(want_upper, rel=1e-5, abs=2e-4)
+    assert float(lower) <= float(upper) + 1e-6
+
+
+def test_hand_checked_cases():
+    sigma = 0.8
+    h_eps = 0.5 * 3 * math.log(2 * math.pi * math.e * sigma**2)
+    assert E.gaussian_noise_entropy(sigma, 3) == pytest.approx(h_eps, rel=1e-12)
+    # One component, or every component on the same mean: H[Z] = H_ε exactly.
+    for means in (np.zeros((1, 3)), np.ones((9, 3))):
+        lower, upper = E.mixture_entropy_bounds(means.astype(np.float32), sigma)
+        assert float(lower) == pytest.approx(h_eps, abs=1e-5) and float(upper) == pytest.approx(h_eps, abs=1e-5)
+    # Five components far apart: H[Z] = H_ε + log 5, both bounds meet it.
+    far = 1000.0 * np.eye(5, 3)[:, :3].astype(np.float32)
+    far[3:] = [[0, 0, 2000.0], [0, 2000.0, 2000.0]]
+    lower, upper = E.mixture_entropy_bounds(far, sigma)
+    assert float(lower) == pytest.approx(h_eps + math.log(5), abs=1e-5)
+    assert float(upper) == pytest.approx(h_eps + math.log(5), abs=1e-5)
+    # Two 1-D components at distance 2σ: the KL term is exp(−2) by hand.
+    lower, upper = E.mixture_entropy_bounds(np.array([[0.0], [2 * sigma]], np.float32), sigma)
+    h1 = 0.5 * math.log(2 * math.pi * math.e * sigma**2)
+    assert float(upper) == pytest.approx(h1 - math.log((1 + math.exp(-2.0)) / 2), abs=1e-5)
+    assert float(lower) == pytest.approx(h1 - math.log((1 + math.exp(-0.5)) / 2), abs=1e-5)
+
+
+@pytest.mark.parametrize("spread", [0.5, 2.0, 6.0])
+def test_bounds_bracket_the_monte_carlo_mixture_entropy(spread):
+    means = spread * np.random.default_rng(2).standard_normal((25, 2))
+    h, se = monte_carlo_entropy(means, 1.0, 100_000)
+    lower, upper = E.mixture_entropy_bounds(means.astype(np.float32), 1.0)
+    assert float(lower) <= h + 4 * se and h - 4 * se <= float(upper), (float(lower), h, float(upper))
+
+
+def test_zero_entropy_noise_bounds_preserved_information_in_0_log_n():
+    n = 200
+    # Well-separated means in d = 32: the case where a one-draw k-NN estimate reads 80+ nats.
+    means = 10.0 * np.random.default_rng(3).standard_normal((n, 32)).astype(np.float32)
+    lower, upper = E.mixture_entropy_bounds(means, ZERO_ENTROPY_STD)
+    assert E.gaussian_noise_entropy(ZERO_ENTROPY_STD, 32) == pytest.approx(0.0, abs=1e-12)
+    assert 0.0 <= float(lower) <= float(upper) <= math.log(n) + 1e-5
+    assert float(upper) == pytest.approx(math.log(n), abs=1e-4)
+
+
+def test_conditional_bounds_average_the_classes():
+    rng = np.random.default_rng(4)
+    means = rng.standard_normal((90, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, 90)
+    lower, upper = E.mixture_conditional_entropy_bounds(means, labels, 0.6)
+    want = np.zeros(2)
+    for c in range(3):
+        want += np.mean(labels == c) * np.array(reference_bounds(means[labels == c], 0.6))
+    np.testing.assert_allclose([float(lower), float(upper)], want, rtol=1e-5, atol=2e-4)
+    # Conditioning cannot raise the upper bound above H's range of the class sizes.
+    assert float(upper) <= float(E.mixture_entropy_bounds(means, 0.6)[1]) + 1e-5
+
+
+def test_one_device_and_four_devices_agree():
+    assert jax.device_count() == 4
+    means = np.random.default_rng(5).standard_normal((301, 7)).astype(np.float32)
+    one = E.mixture_entropy_bounds(means, 0.3, devices=jax.devices()[:1], block_size=32)
+    four = E.mixture_entropy_bounds(means, 0.3, devices=jax.devices(), block_size=16)
+    np.testing.assert_allclose(np.asarray(one), np.asarray(four), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(means=np.zeros(5, np.float32), noise_std=1.0), ValueError, "means must be a 2-D"),
+    (dict(means=np.zeros((5, 2), np.int32), noise_std=1.0), TypeError, "means must have a floating dtype"),
+    (dict(means=np.zeros((5, 2), np.float32), noise_std=0.0), ValueError, "noise_std must be a positive"),
+    (dict(means=np.full((5, 2), np.nan, np.float32), noise_std=1.0), ValueError, "means must be finite"),
+])
+def test_bad_arguments_name_the_argument(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        E.mixture_entropy_bounds(**kwargs)
+    with pytest.raises(ValueError, match="labels must be 1-D"):
+        E.mixture_conditional_entropy_bounds(np.zeros((5, 2), np.float32), np.zeros(4, np.int32), 1.0)
+
+
+def test_analysis_uses_the_mixture_bounds_for_noisy_latents_and_records_the_estimator(tmp_path):
+    from pathlib import Path
+
+    from ibjax import analysis, train
+    from ibjax import config as configlib
+
+    config = configlib.from_file(Path(__file__).resolve().parents[1] / "configs" / "digits_condvar.py")
+    config.train.num_epochs = 1
+    config.train.progress_bar = False
+    train.train_and_evaluate(config, tmp_path / "run")
+    (mixture,) = analysis.analyze_run(tmp_path / "run", progress=False, max_examples=400)
+    assert mixture["h_z_estimator"].startswith("mixture")
+    assert mixture["h_z_given_x"] == 0.0
+    assert 0.0 <= mixture["preserved_information"] <= math.log(400) + 1e-4
+    assert mixture["h_z_lower"] <= mixture["h_z"] + 1e-5
+    assert mixture["h_z_given_y_lower"] <= mixture["h_z_given_y"] + 1e-5
+    assert mixture["flags"] == []
+    with pytest.raises(ValueError, match=r"`estimator` must be one of \('mixture', 'knn'\)"):
+        analysis.analyze_run(tmp_path / "run", estimator="kde")
+    (tmp_path / "run" / "information_plane.jsonl").unlink()
+    (knn,) = analysis.analyze_run(tmp_path / "run", progress=False, max_examples=400, estimator="knn")
+    assert knn["h_z_estimator"].startswith("knn")
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({}, []),
+    ({"preserved_information": 8.0}, ["I[X;Z] > log N"]),
+    ({"i_y_z": -0.2, "residual_information": 2.5}, ["I[Y;Z] < 0", "Residual Information 2.500 outside"]),
+    ({"residual_information": -0.1}, ["Residual Information -0.100 outside"]),
+    ({"preserved_information": None}, []),
+])
+def test_impossible_values_are_flagged_with_their_cause(changes, expected):
+    from ibjax import analysis
+
+    record = dict({"preserved_information": 3.0, "i_y_z": 1.0, "residual_information": 1.3, "h_y": 2.3}, **changes)
+    flags = analysis.impossible_value_flags(record, num_examples=1000)  # log N = 6.9
+    assert len(flags) == len(expected)
+    for flag, start in zip(flags, expected):
+        assert flag.startswith(start) and ":" in flag
+
+
+def test_flagged_records_are_crossed_out_in_the_information_plane(tmp_path):
+    import json
+
+    from matplotlib import colors as mcolors
+
+    from ibjax import plotting
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = {"objective": {"regularizer": "l2", "gamma": 0.1}, "data": {"name": "digits"}}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_decoder_cross_entropy": 1.0}) + "\n")
+    records = [{"epoch": e, "preserved_information": p, "residual_information": 0.5, "gamma": 0.1,
+                "regularizer": "l2", "flags": flags, "h_z": 1.0, "h_z_given_y": 0.5, "h_y": 2.3}
+               for e, p, flags in ((1, 2.0, []), (2, 9.0, ["I[X;Z] > log N = 7.3: biased"]))]
+    (run_dir / "information_plane.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    fig = plotting.plot_information_plane([plotting.load_run(run_dir)])
+    crosses = [c for ax in fig.axes for c in ax.collections
+               if c.get_label() == plotting.FLAGGED_LABEL]
+    assert len(crosses) == 1
+    np.testing.assert_allclose(crosses[0].get_offsets(), [[9.0, 0.5]])
+    assert tuple(crosses[0].get_edgecolor()[0]) == mcolors.to_rgba(plotting.FLAGGED_COLOR) or \
+        tuple(crosses[0].get_facecolor()[0]) == mcolors.to_rgba(plotting.FLAGGED_COLOR)
