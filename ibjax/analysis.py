@@ -14,8 +14,9 @@ reported, Bhattacharyya lower bound kept beside it); H[Z|X] = 0 exactly, so
 I[X;Z] lies in [0, log N]. Other continuous latents, or ``estimator='knn'``:
 H[Z] and H[Z|Y] by the k-NN estimators of
 :mod:`ibjax.estimators`. H[Z|X] is exactly 0 for a deterministic encoder
-plus zero-entropy noise (Z|X=x is N(f(x), I/(2πe))); for a stochastic
-(dropout) encoder it is estimated from repeated draws per example; without
+plus zero-entropy noise (Z|X=x is N(f(x), I/(2πe))); for a Dropout encoder
+Z is its train-mode latent for every quantity, bounded with the mixture
+bounds over sampled masks (:func:`dropout_quantities`); without
 noise and with a deterministic encoder it is −∞ and I[X;Z] is undefined
 (section 6.1), recorded as ``null``. The Gaussian latent of the Deep
 Variational IB (``latent='vib'``) has an exact H[Z|X] from its encoder scales
@@ -36,7 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ibjax import data as datalib
-from ibjax import capping, estimators, evaluation, experiment, information
+from scipy import special
+
+from ibjax import estimators, evaluation, experiment, information
 from ibjax.losses import ZERO_ENTROPY_STD
 from ibjax.io import append_jsonl, read_jsonl
 
@@ -54,6 +57,7 @@ H_Z_ESTIMATORS = {
                "(h_z, h_z_given_y; Bhattacharyya lower bounds in h_z_lower, h_z_given_y_lower)",
     "knn": "knn: Kozachenko-Leonenko k-NN estimate from one noise draw per example",
     "exact": "exact: categorical latent",
+    "undefined": "undefined: a latent without noise whose values are discrete given X has H[Z] = -inf",
 }
 
 # Slack (nats) before a value counts as impossible: float rounding, not estimator bias.
@@ -62,10 +66,12 @@ _FLAG_TOLERANCE = 1e-3
 #: How H[Z|X] was obtained, written beside it in every record.
 H_Z_GIVEN_X_METHODS = {
     "exact_zero": "exact: deterministic encoder + zero-entropy noise gives H[Z|X] = 0",
-    "estimated": "estimated: k-NN entropy over repeated dropout/noise draws per example",
     "undefined": "undefined: deterministic latent without noise has H[Z|X] = -inf (section 6.1)",
     "exact_categorical": "exact: mean entropy of p(z|x) for a categorical latent",
     "exact_gaussian": "exact: mean entropy of the Gaussian p(z|x) = N(mu(x), diag sigma(x)^2) of a VIB latent",
+    "dropout_mixture": "bounded: KL upper bound of each example's mixture over its sampled Dropout masks plus noise "
+                       "(Bhattacharyya lower bound in h_z_given_x_lower)",
+    "undefined_dropout": "undefined: Dropout masks without noise make Z|X discrete, H[Z|X] = -inf",
 }
 
 
@@ -123,6 +129,63 @@ def mixture_quantities(means: jax.Array, labels: np.ndarray, num_classes: int, n
                 h_z_estimator=H_Z_ESTIMATORS["mixture"])
 
 
+def _per_example_mixture_bounds(draws: np.ndarray, noise_std: float) -> tuple[float, float]:
+    """Mean over examples of the (Bhattacharyya, KL) bounds of each example's mixture of its S draws, float64.
+
+    Args:
+      draws: ``[S, N, K]`` noise-free latents, S draws per example.
+    """
+    x = np.asarray(draws, np.float64).transpose(1, 0, 2)                       # [N, S, K]
+    norms = np.sum(x * x, axis=-1)
+    sq = np.maximum(norms[:, :, None] + norms[:, None, :] - 2 * np.einsum("nsk,ntk->nst", x, x), 0.0)
+    s, k = x.shape[1], x.shape[2]
+    h_noise = estimators.gaussian_noise_entropy(noise_std, k)
+    bounds = []
+    for c in (8.0, 2.0):
+        log_mean = special.logsumexp(-sq / (c * noise_std**2), axis=-1) - math.log(s)   # [N, S]
+        bounds.append(h_noise - float(np.mean(log_mean)))
+    return bounds[0], bounds[1]
+
+
+def dropout_quantities(draws: np.ndarray, labels: np.ndarray, num_classes: int,
+                       noise_std: float | None) -> dict[str, Any]:
+    """Information-plane quantities of a Dropout encoder's train-mode latent Z, all of the same variable (nats).
+
+    Z = f_M(X) + ε with a random Dropout mask M and noise ε ~ N(0, σ² I). With
+    S mask draws per training example, p(z|x) is approximated by the mixture
+    of its S Gaussians N(f_m(x), σ² I) and p(z) by the mixture of all N·S, so
+    H[Z], H[Z|Y] and H[Z|X] are each bracketed by the Kolchinsky–Tracey
+    bounds (KL upper bound reported, Bhattacharyya lower bound in ``*_lower``).
+    Drawing S masks out of the 2^m possible ones biases H[Z|X] low by at most
+    log(2^m / S)-scale amounts when masks give well separated latents;
+    ``tests/test_mixture.py`` measures it on cases with a known answer.
+
+    Without noise the masks are discrete: Z|X=x takes finitely many values,
+    so H[Z|X] = −∞ and H[Z], H[Z|Y] are −∞ too; every quantity is then
+    reported as undefined (``None``), never as a finite number.
+
+    Args:
+      draws: ``[S, N, K]`` noise-free train-mode latents f_m(x), S ≥ 2 draws per example.
+      labels: ``[N]`` integer labels.
+      num_classes: number of classes.
+      noise_std: σ of the latent's noise, or None for a latent without noise.
+    """
+    h_y = _label_entropy(labels, num_classes)
+    if noise_std is None:
+        undefined = {key: None for key in ("h_z", "h_z_given_y", "h_z_given_x", "i_y_z", "preserved_information",
+                                           "redundant_information", "decoder_uncertainty", "residual_information")}
+        return dict(undefined, h_y=h_y, h_z_given_x_method=H_Z_GIVEN_X_METHODS["undefined_dropout"],
+                    h_z_estimator=H_Z_ESTIMATORS["undefined"])
+    s, n, k = draws.shape
+    flat = np.asarray(draws).transpose(1, 0, 2).reshape(n * s, k)
+    lower, upper = estimators.mixture_entropy_bounds(flat, noise_std)
+    lower_y, upper_y = estimators.mixture_conditional_entropy_bounds(flat, np.repeat(labels, s), noise_std)
+    lower_x, upper_x = _per_example_mixture_bounds(draws, noise_std)
+    quantities = _assemble(float(upper), float(upper_y), upper_x, "dropout_mixture", h_y)
+    return dict(quantities, h_z_lower=float(lower), h_z_given_y_lower=float(lower_y), h_z_given_x_lower=lower_x,
+                h_z_estimator=H_Z_ESTIMATORS["mixture"], num_dropout_draws=s)
+
+
 def impossible_value_flags(record: dict[str, Any], num_examples: int) -> list[str]:
     """The quantities of an information-plane record outside their possible range, each with its likely cause.
 
@@ -140,6 +203,8 @@ def impossible_value_flags(record: dict[str, Any], num_examples: int) -> list[st
     if preserved is not None and preserved > log_n + _FLAG_TOLERANCE:
         flags.append(f"I[X;Z] > log N = {log_n:.3f}: the H[Z] estimate is biased high (k-NN from one noise draw "
                      "per example cannot see the noise; use the mixture bounds)")
+    if record["i_y_z"] is None:  # undefined quantities (no noise) are not impossible values
+        return flags
     if record["i_y_z"] < -_FLAG_TOLERANCE:
         flags.append("I[Y;Z] < 0: H[Z] and H[Z|Y] are biased differently (k-NN on classes of different sizes, or "
                      "a collapsed latent)")
@@ -243,28 +308,31 @@ def compute_latents(latent_fn, state, images, *, num_draws: int = 1, rng=None, b
                                              rng=jax.random.fold_in(rng, d)) for d in range(num_draws)])
 
 
-def _h_z_given_x(config, stochastic_fn, scale_fn, state, images, k: int, num_examples: int = 64,
-                 num_draws: int = 200):
-    """H[Z|X] and how it was obtained, for a continuous or VIB latent."""
+def _h_z_given_x(config, stochastic_fn, scale_fn, state, images, k: int):
+    """H[Z|X] and how it was obtained, for a VIB latent or a deterministic encoder's continuous latent.
+
+    (Dropout encoders' continuous latents go through :func:`dropout_quantities`.)
+    """
+    del stochastic_fn, k  # kept for the signature callers use
     if config.model.latent == "vib":
         # Eval mode: Dropout is off, so Z|x is exactly N(μ(x), diag σ(x)²).
         scales = compute_latents(scale_fn, state, images)[0]
         return float(gaussian_conditional_entropy(scales)), "exact_gaussian"
-    if config.model.encoder != "dropout_cnn":
-        return (0.0, "exact_zero") if config.model.noise else (None, "undefined")
-    subset = images[:num_examples]
-    draws = compute_latents(stochastic_fn, state, subset, num_draws=num_draws, rng=jax.random.key(1))
-    per_example = [float(estimators.knn_entropy(draws[:, i], k=k)) for i in range(subset.shape[0])]
-    return float(np.mean(per_example)), "estimated"
+    return (0.0, "exact_zero") if config.model.noise else (None, "undefined")
 
 
-def _make_noise_free_latent_fn(model, config):
-    """Jitted ``(state, images_uint8, key) -> μ(x)`` ``[B, K]``: the latent before its noise, eval mode."""
+def _make_noise_free_latent_fn(model, config, train: bool = False):
+    """Jitted ``(state, images_uint8, key) -> f(x)`` ``[B, K]``: the latent before its noise.
+
+    Eval mode, or with ``train`` the Dropout masks drawn from ``key``.
+    """
+    quiet = model.clone(noise=False)
+
     @jax.jit
     def mean_fn(state, batch, key):
-        del key  # deterministic
         variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
-        return capping.noise_free_latent(model, variables, datalib.preprocess(batch, config.data.name))
+        x = datalib.preprocess(batch, config.data.name)
+        return quiet.apply(variables, x, train=train, num_samples=1, rngs={"dropout": key})["z"][0]
 
     return mean_fn
 
@@ -304,7 +372,7 @@ def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = 
 
 
 def _analyze_checkpoints(run: experiment.RunCheckpoints, k: int, max_examples: int, progress: bool,
-                         estimator: str) -> list[dict]:
+                         estimator: str, num_dropout_draws: int = 8) -> list[dict]:
     from tqdm.auto import tqdm
 
     config, dataset, workdir = run.experiment.config, run.experiment.dataset, run.workdir
@@ -318,22 +386,27 @@ def _analyze_checkpoints(run: experiment.RunCheckpoints, k: int, max_examples: i
     done = _read_done_epochs(out_path)
     epochs = [e for e in run.epochs if e not in done]
     latent_fn = make_latent_fn(model, config)
-    stochastic_fn = make_latent_fn(model, config, stochastic=True)
     scale_fn = make_latent_fn(model, config, scale=True) if config.model.latent == "vib" else None
     use_mixture = (estimator == "mixture" and config.model.latent == "continuous" and config.model.noise
                    and config.model.encoder != "dropout_cnn")
     mean_fn = _make_noise_free_latent_fn(model, config) if use_mixture else None
+    dropout_fn = _make_noise_free_latent_fn(model, config, train=True)
     records = []
     for epoch in tqdm(epochs, desc=f"analyse {workdir.name}", unit="ckpt", disable=not progress):
         state, _ = run.restore(epoch)
         latents = compute_latents(latent_fn, state, images)[0]
         if config.model.latent == "categorical":
             quantities = categorical_quantities(np.asarray(latents), labels, dataset.num_classes)
+        elif config.model.encoder == "dropout_cnn" and config.model.latent == "continuous":
+            # One definition of Z for every quantity: the train-mode latent, Dropout included.
+            draws = compute_latents(dropout_fn, state, images, num_draws=num_dropout_draws, rng=jax.random.key(1))
+            quantities = dropout_quantities(np.asarray(draws), labels, dataset.num_classes,
+                                            ZERO_ENTROPY_STD if config.model.noise else None)
         elif use_mixture:
             means = compute_latents(mean_fn, state, images)[0]
             quantities = mixture_quantities(np.asarray(means), labels, dataset.num_classes, ZERO_ENTROPY_STD)
         else:
-            h, method = _h_z_given_x(config, stochastic_fn, scale_fn, state, images, k)
+            h, method = _h_z_given_x(config, None, scale_fn, state, images, k)
             quantities = continuous_quantities(np.asarray(latents), labels, dataset.num_classes, h_z_given_x=h,
                                                h_z_given_x_method=method, k=k)
         m = metrics.get(epoch, {})

@@ -177,3 +177,83 @@ def test_flagged_records_are_crossed_out_in_the_information_plane(tmp_path):
     np.testing.assert_allclose(crosses[0].get_offsets(), [[9.0, 0.5]])
     assert tuple(crosses[0].get_edgecolor()[0]) == mcolors.to_rgba(plotting.FLAGGED_COLOR) or \
         tuple(crosses[0].get_facecolor()[0]) == mcolors.to_rgba(plotting.FLAGGED_COLOR)
+
+
+def _draws_with_outcomes(outcomes_per_example, num_draws, dim=6, seed=0):
+    """[S, N, K] draws where example n's mask picks one of its outcomes uniformly (far apart)."""
+    rng = np.random.default_rng(seed)
+    n = len(outcomes_per_example)
+    centres = [100.0 * rng.standard_normal((m, dim)) for m in outcomes_per_example]
+    picks = [rng.integers(0, m, num_draws) for m in outcomes_per_example]
+    return np.stack([np.stack([centres[i][picks[i][s]] for i in range(n)]) for s in range(num_draws)])
+
+
+def test_dropout_h_z_given_x_on_noise_alone_is_zero():
+    from ibjax import analysis
+
+    # Masks that do not move the latent: Z|X=x is the zero-entropy noise alone, H[Z|X] = 0.
+    draws = np.repeat(np.random.default_rng(1).standard_normal((1, 50, 6)), 8, axis=0)
+    q = analysis.dropout_quantities(draws, np.arange(50) % 5, 5, ZERO_ENTROPY_STD)
+    assert abs(q["h_z_given_x"]) < 1e-9 and abs(q["h_z_given_x_lower"]) < 1e-9
+    assert q["h_z_given_x_method"].startswith("bounded")
+    # H[Z] counts each example once per draw: the N·S mixture of 50 distinct means, log 50 at most.
+    assert 0.0 <= q["preserved_information"] <= math.log(50) + 1e-4
+
+
+def test_dropout_h_z_given_x_bias_on_known_mask_distributions():
+    from ibjax import analysis
+
+    # Two far-apart outcomes, each drawn once: H[Z|X] = log 2, both bounds.
+    base = np.random.default_rng(2).standard_normal((40, 6))
+    distinct = np.stack([base, base + 500.0])
+    q = analysis.dropout_quantities(distinct, np.zeros(40, np.int64), 1, ZERO_ENTROPY_STD)
+    assert q["h_z_given_x"] == pytest.approx(math.log(2), abs=1e-6)
+    assert q["h_z_given_x_lower"] == pytest.approx(math.log(2), abs=1e-6)
+    # Four equally likely outcomes seen through S = 8 sampled masks: the estimate is the entropy of the
+    # empirical outcome frequencies, biased low. Its expectation, by exact enumeration of the multinomial,
+    # is the stated bias; the mean over 400 examples must match it.
+    from itertools import product
+    expected = 0.0
+    for counts in product(range(9), repeat=4):
+        if sum(counts) != 8:
+            continue
+        p = math.factorial(8) / np.prod([math.factorial(c) for c in counts]) / 4**8
+        freqs = np.array([c for c in counts if c]) / 8
+        expected += p * -np.sum(freqs * np.log(freqs))
+    bias = math.log(4) - expected
+    draws = _draws_with_outcomes([4] * 400, 8, seed=3)
+    q = analysis.dropout_quantities(draws, np.zeros(400, np.int64), 1, ZERO_ENTROPY_STD)
+    assert 0.2 < bias < 0.25  # log 4 = 1.386 against an expected 1.165: S = 8 draws under-count the masks
+    assert q["h_z_given_x"] == pytest.approx(math.log(4) - bias, abs=0.03)
+
+
+def test_dropout_without_noise_reports_undefined_not_finite():
+    from ibjax import analysis
+
+    q = analysis.dropout_quantities(_draws_with_outcomes([3] * 10, 4), np.arange(10) % 2, 2, None)
+    for key in ("h_z", "h_z_given_y", "h_z_given_x", "preserved_information", "i_y_z", "residual_information"):
+        assert q[key] is None, key
+    assert "undefined" in q["h_z_given_x_method"] and "-inf" in q["h_z_given_x_method"]
+    assert analysis.impossible_value_flags(q, 10) == []
+
+
+@pytest.mark.slow
+def test_analysis_of_a_dropout_run_uses_one_latent_for_every_quantity(tmp_path):
+    from pathlib import Path
+
+    from ibjax import analysis, train
+    from ibjax import config as configlib
+
+    config = configlib.from_file(Path(__file__).resolve().parents[1] / "configs" / "digits_condvar.py")
+    config.model.encoder = "dropout_cnn"
+    config.model.latent_dim = 16
+    config.objective.regularizer = "none"
+    config.train.num_epochs = 1
+    config.train.progress_bar = False
+    train.train_and_evaluate(config, tmp_path / "run")
+    (record,) = analysis.analyze_run(tmp_path / "run", progress=False, max_examples=200)
+    assert record["h_z_given_x_method"].startswith("bounded") and record["num_dropout_draws"] == 8
+    # Every quantity of the same mixture over N·S draws: I[X;Z] ≤ log(N·S) and I[X;Z] ≥ 0 up to the bounds' gap.
+    assert record["h_z_given_x_lower"] <= record["h_z_given_x"] + 1e-6
+    assert record["preserved_information"] <= math.log(200 * 8) + 1e-4
+    assert record["h_z_lower"] <= record["h_z"] + 1e-5
