@@ -16,7 +16,10 @@ from typing import Any
 import ml_collections
 
 
-__all__ = ["ConfigError", "LOSSES", "default_config", "from_file", "with_defaults", "read_stored", "load_stored", "validate", "to_dict", "to_json", "from_json", "differences"]
+__all__ = ["ConfigError", "LOSSES", "JOINTS", "default_config", "from_file", "with_defaults", "read_stored", "load_stored", "validate", "to_dict", "to_json", "from_json", "differences"]
+
+#: Valid ``objective.joint`` values: the p(y|z) that loss='decoder_uncertainty' uses.
+JOINTS: tuple[str, ...] = ("batch", "epoch")
 
 #: Valid ``objective.loss`` values.
 LOSSES: tuple[str, ...] = ("cross_entropy", "decoder_uncertainty")
@@ -135,6 +138,10 @@ def _validate_model(config) -> None:
     if config.objective.regularizer == "vib" and config.model.latent != "vib":
         raise ConfigError("config.objective.regularizer='vib' needs the Gaussian encoder of "
                           "config.model.latent='vib'.")
+    _choice(config, "objective.joint", JOINTS)
+    if config.objective.joint != "batch" and config.objective.loss != "decoder_uncertainty":
+        raise ConfigError("config.objective.joint chooses the p(y|z) of loss='decoder_uncertainty'; keep 'batch' "
+                          f"with config.objective.loss={config.objective.loss!r}.")
     if config.objective.loss == "decoder_uncertainty" and config.model.latent != "categorical":
         raise ConfigError("config.objective.loss='decoder_uncertainty' is exact only for a categorical latent; "
                           "set config.model.latent='categorical' or use loss='cross_entropy'.")
@@ -290,6 +297,9 @@ def default_config():
     config.objective.regularizer = "none"        # none | l2 | log_var | cond_log_var
     config.objective.gamma = 0.0
     config.objective.eps = 1e-8                  # variance floor of the log-variance regularisers
+    # loss='decoder_uncertainty': p(y|z) of the batch (plug-in, biased low for many categories)
+    # or of the whole training set, re-estimated after every epoch (appendix A.3).
+    config.objective.joint = "batch"             # batch | epoch
 
     # Section 7: Adam, lr 1e-4, x0.8 once the training loss has not improved for more than 3 epochs.
     config.train = mlc.ConfigDict()

@@ -50,6 +50,7 @@ __all__ = [
     "objective",
     "correct",
     "metric_names",
+    "uses_data_joint",
     "zero_totals",
     "train_step_fn",
     "make_train_step",
@@ -171,8 +172,15 @@ def categorical_terms(out, labels, where=None):
     return dce, pce, z_probs
 
 
-def objective(config, num_classes: int, out, labels, gamma):
-    """One member's training loss and batch-mean metrics for the configured objective."""
+def objective(config, num_classes: int, out, labels, gamma, data_decoder=None):
+    """One member's training loss and batch-mean metrics for the configured objective.
+
+    ``data_decoder`` ``[C, num_classes]``: log p(y|z) of the whole training
+    set's joint (``objective.joint='epoch'``), held fixed. The loss
+    mean_b Σ_z p_Θ(z|x_b) (−log p(y_b|z)) then has the gradient of appendix
+    A.3 with the data set's p(y|z) instead of the batch's, and its value
+    estimates the data-level H[Y|Z] without the batch plug-in's downward bias.
+    """
     settings = config.objective
     if config.model.latent in ("continuous", "vib"):
         return losses.surrogate_loss(
@@ -188,7 +196,11 @@ def objective(config, num_classes: int, out, labels, gamma):
         "decoder_uncertainty": information.decoder_uncertainty(z_probs, labels, num_classes),
         "regularizer": jnp.zeros(()),
     }
-    if settings.loss == "decoder_uncertainty":
+    if settings.loss == "decoder_uncertainty" and data_decoder is not None:
+        loss = jnp.mean(information.categorical_decoder_cross_entropy(
+            out["z_log_probs"], jax.lax.stop_gradient(data_decoder), labels))
+        metrics["data_decoder_uncertainty"] = loss
+    elif settings.loss == "decoder_uncertainty":
         loss = metrics["decoder_uncertainty"]
     else:
         loss = metrics[f"{settings.cross_entropy}_cross_entropy"]
@@ -207,7 +219,15 @@ def metric_names(config) -> tuple[str, ...]:
     """Names of the batch-mean metrics a train step accumulates."""
     names = ("loss", "decoder_cross_entropy", "prediction_cross_entropy", "regularizer",
              "training_error_bound", "accuracy", "gradient_norm")
-    return names + (("decoder_uncertainty",) if config.model.latent == "categorical" else ())
+    if config.model.latent != "categorical":
+        return names
+    names += ("decoder_uncertainty",)
+    return names + (("data_decoder_uncertainty",) if uses_data_joint(config) else ())
+
+
+def uses_data_joint(config) -> bool:
+    """Whether the step minimises H[Y|Z] with the training set's p(y|z) (``objective.joint='epoch'``)."""
+    return config.objective.loss == "decoder_uncertainty" and config.objective.get("joint", "batch") == "epoch"
 
 
 def zero_totals(config, num_members: int) -> dict[str, jax.Array]:
@@ -232,14 +252,16 @@ def _map_members(fn: Callable, in_axes: tuple, how: str) -> Callable:
 
 
 def train_step_fn(model, tx, config, num_classes: int, mesh: Mesh, *, member_map: str = "vmap") -> Callable:
-    """The pure train step ``(state, totals, images, labels, batch_idx, rng, gamma) -> (state, totals)``.
+    """The pure train step ``(state, totals, images, labels, batch_idx, rng, gamma[, data_decoder]) -> (state, totals)``.
 
     ``state``, ``totals``, ``rng`` (one key per member) and ``gamma`` carry a
     leading member axis; ``images``/``labels`` are the whole (replicated)
     training set on device. ``batch_idx`` picks the batch, sharded over the
     mesh: ``[B]`` is one batch every member trains on (a γ-population, whose
     members also share their keys), ``[M, B]`` one batch per member (a seed
-    population, whose members are independent trials).
+    population, whose members are independent trials). ``data_decoder``
+    ``[M, C, num_classes]`` is the log p(y|z) of the training set's joint for
+    ``objective.joint='epoch'`` (see :func:`objective`); None otherwise.
 
     Before the update is applied, the cross-entropy, the regulariser, the
     loss and the gradient norm are checked for NaN/Inf. A bad step changes
@@ -263,12 +285,12 @@ def train_step_fn(model, tx, config, num_classes: int, mesh: Mesh, *, member_map
     ce_name = ("decoder_uncertainty" if config.objective.loss == "decoder_uncertainty"
                else f"{config.objective.cross_entropy}_cross_entropy")
 
-    def gradients(state, x, y, rng, gamma):
+    def gradients(state, x, y, rng, gamma, data_decoder):
         rng = jax.random.fold_in(rng, state.step)
 
         def loss_fn(params):
             out, new_batch_stats = forward(model, config, params, state.batch_stats, x, rng, train=True)
-            loss, metrics = objective(config, num_classes, out, y, gamma)
+            loss, metrics = objective(config, num_classes, out, y, gamma, data_decoder)
             return loss, (metrics, new_batch_stats, out["logits"])
 
         (loss, (metrics, new_batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -284,14 +306,14 @@ def train_step_fn(model, tx, config, num_classes: int, mesh: Mesh, *, member_map
 
     member_update = _map_members(update, (0, 0, 0, 0), member_map)
 
-    def step(state, totals, images, labels, batch_idx, rng, gamma):
+    def step(state, totals, images, labels, batch_idx, rng, gamma, data_decoder=None):
         shared = batch_idx.ndim == 1
         batch_idx = jax.lax.with_sharding_constraint(
             batch_idx, batch_sharding if shared else NamedSharding(mesh, P(None, "data")))
         x, y = images[batch_idx], labels[batch_idx]
         data_axis = None if shared else 0
-        member_gradients = _map_members(gradients, (0, data_axis, data_axis, 0, 0), member_map)
-        grads, loss, metrics, new_batch_stats, bad_bits = member_gradients(state, x, y, rng, gamma)
+        member_gradients = _map_members(gradients, (0, data_axis, data_axis, 0, 0, 0), member_map)
+        grads, loss, metrics, new_batch_stats, bad_bits = member_gradients(state, x, y, rng, gamma, data_decoder)
         healthy = jnp.all(totals["bad_step"] < 0)
         ok = jnp.all(bad_bits == 0) & healthy
         first_bad = (bad_bits > 0) & healthy

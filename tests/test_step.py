@@ -111,3 +111,48 @@ def test_zero_totals_carry_the_member_axis():
     totals = step.zero_totals(digits_config(), 3)
     assert all(v.shape == (3,) for v in totals.values())
     assert np.all(totals["bad_step"] == -1)
+
+
+def test_data_joint_objective_has_the_a3_gradient_of_the_data_level_decoder_uncertainty():
+    from ibjax import information
+
+    config = digits_config(objective__loss="decoder_uncertainty", objective__joint="epoch")
+    config.model.latent = "categorical"
+    config.objective.regularizer = "none"
+    config.model.noise = False
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(64, 6)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 4, 64), jnp.int32)
+
+    def data_level(theta):
+        return information.decoder_uncertainty(jax.nn.softmax(theta), labels, 4)
+
+    joint = information.categorical_joint(jax.nn.softmax(logits), labels, 4)
+    decoder = jnp.log(information.optimal_decoder(joint))
+
+    def surrogate(theta):
+        out = {"z_log_probs": jax.nn.log_softmax(theta)[None], "decoder_log_probs": decoder,
+               "logits": jnp.zeros((1, 64, 4))}
+        return step.objective(config, 4, out, labels, 0.0, decoder)[0]
+
+    # When the batch is the whole data set and p(y|z) is taken at the current parameters, the
+    # surrogate equals H[Y|Z] and has its gradient (appendix A.3: the ∇p(y|z) term vanishes).
+    assert float(surrogate(logits)) == pytest.approx(float(data_level(logits)), rel=1e-5)
+    np.testing.assert_allclose(jax.grad(surrogate)(logits), jax.grad(data_level)(logits), rtol=1e-4, atol=1e-6)
+    # float64 reference of the value: mean_b Σ_z p(z|x_b) (−log p(y_b|z)).
+    p = np.asarray(jax.nn.softmax(logits), np.float64)
+    j = np.zeros((6, 4))
+    np.add.at(j.T, np.asarray(labels), p)
+    j /= 64
+    log_p_y_z = np.log(j / j.sum(1, keepdims=True))
+    want = np.mean(np.sum(p * -log_p_y_z[:, np.asarray(labels)].T, axis=1))
+    assert float(surrogate(logits)) == pytest.approx(want, rel=1e-5)
+
+
+def test_joint_field_is_validated():
+    config = digits_config(objective__joint="epoch")
+    with pytest.raises(configlib.ConfigError, match="config.objective.joint chooses"):
+        configlib.validate(config)
+    config = digits_config(objective__joint="dataset")
+    with pytest.raises(configlib.ConfigError, match=r"config.objective.joint must be one of \('batch', 'epoch'\)"):
+        configlib.validate(config)
