@@ -1,7 +1,7 @@
 r"""Every throughput target of ibjax in one command, for an accelerator (and a ``--small`` CPU smoke run).
 
   python benchmarks/accelerator.py --out DIR         # the GPU run: under 8 minutes on one H200
-  XLA_FLAGS= python benchmarks/accelerator.py --small --no_torch --out /tmp/acc    # CPU smoke run, < 3 min
+  XLA_FLAGS= python benchmarks/accelerator.py --small --no_torch --out /tmp/acc    # CPU smoke run, 2-3 min
 
 Running it on a GPU machine without network access
 --------------------------------------------------
@@ -14,13 +14,13 @@ tree (untracked and not ignored, so they travel with it; do not commit them)::
   # here, where PyPI is reachable:
   pip download ml-collections absl-py --no-deps -d wheels/
   # on the device machine, in the copy of the checkout:
-  python benchmarks/accelerator.py --preflight            # seconds: lists what is missing, the devices
+  python benchmarks/accelerator.py --preflight            # seconds: what is missing, and the devices
   pip install --no-index --no-deps wheels/*.whl
   python benchmarks/accelerator.py --out $OUT --compile_cache /tmp/ibjax_jax_cache
 
-``--preflight`` imports nothing heavy and says which of the modules below are
-missing. ml-collections also imports ``yaml``: if PyYAML is missing too,
-download the binary wheel for the device's Python (``pip download PyYAML
+``--preflight`` says which of the modules the script needs are missing
+(all of them, not just the first). ml-collections also imports ``yaml``: if
+PyYAML is missing too, download the binary wheel for the device's Python (``pip download PyYAML
 --no-deps --only-binary=:all: --python-version 3.X --platform
 manylinux2014_x86_64 -d wheels/``). PyTorch (the reference of rows 1-2 and
 of the estimators) and scikit-learn are optional: without them those columns
@@ -50,9 +50,9 @@ alike. Each row's ratio is against a reference measured in the same run:
    ratio is against the faster PyTorch variant.
 2. ``mlp`` and ``dropout_cnn``: the §7.1 MLP with a categorical latent and the
    §7.2 Dropout CNN, the same way (batch 128; ``--small``: 32).
-3. ``population``: G members of the MLP and of ResNet18 in one vmapped step
-   against G single-model steps one after another (G = 1, 4, 16, 64;
-   ``--small``: MLP G = 1, 4 and ResNet18 G = 1, 2 at batch 8).
+3. ``population``: G members of the MLP and of ResNet18 (batch 128) in one
+   vmapped step against G single-model steps one after another (G = 1, 4,
+   16, 64; ``--small``: MLP G = 1, 4 at batch 32, ResNet18 G = 1, 2 at batch 8).
 4. ``estimators``: ``knn_entropy``, ``knn_conditional_entropy`` and
    ``ksg_mutual_information`` at N = 50,000, d = 100 (the entropy also at
    N = 200,000; ``--small``: N = 2,000, d = 10) against a brute-force PyTorch
@@ -60,8 +60,10 @@ alike. Each row's ratio is against a reference measured in the same run:
    estimate printed and checked to agree.
 5. ``epoch``: two epochs of ``ibjax.train.train_and_evaluate`` on synthetic
    CIFAR-shaped data on the device (metrics, TensorBoard, evaluation, a
-   checkpoint every epoch): the second epoch against the compiled step's time
-   × steps per epoch.
+   checkpoint every epoch; 50,000 / 10,000 images, batch 128; ``--small``:
+   256 / 64, batch 32): the second epoch, from the first epoch's summary line
+   to the second's (so with the first epoch's checkpoint save), against the
+   compiled step's time × steps per epoch.
 
 Rows are skipped (and listed as such) once ``--budget_s`` is spent; each
 family of rows has a share of it, unused time passing on to the next.
@@ -114,7 +116,6 @@ try:
 
     from benchmarks import train_step as harness
     from benchmarks.train_step import PEAK_FLOPS, Row, Runner, Timing, measure, peak_flops, usable_cores
-    from ibjax import config as configlib
     from ibjax import data as datalib
     from ibjax import estimators
 except ImportError as _error:  # reported by main() with what to install
@@ -181,7 +182,7 @@ class Task:
     family: str
     section: str
     run: Callable[[Context], dict[str, str]]
-    order: int = 0  # display order within the section
+    order: tuple = ()  # display order within the section
 
 
 @dataclasses.dataclass
@@ -282,33 +283,39 @@ def prepare_torch(row: Row, ctx: Context, *, compiled: bool, num_images: int, se
                for b in harness.batch_indices(num_images, config.train.batch_size, seed=seed)]
     mean, std = (torch.tensor(v, device=device) for v in datalib.NORMALIZATION[config.data.name])
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
-    noisy = model_config.latent != "categorical" and model_config.noise
-    samples = model_config.num_samples if model_config.encoder == "dropout_cnn" else 1
-    noise_shape = (samples, config.train.batch_size, model_config.latent_dim)
+    # Plain Python constants, so that torch.compile sees no config object.
+    categorical = model_config.latent == "categorical"
+    cnn = model_config.encoder == "dropout_cnn"
+    noisy = not categorical and bool(model_config.noise)
+    samples = int(model_config.num_samples) if cnn else 1
+    noise_shape = (samples, int(config.train.batch_size), int(model_config.latent_dim))
     if objective.regularizer not in ("none", "cond_log_var"):
         return None, f"n/a: the adapter has no regularizer {objective.regularizer!r}"
+    gamma = float(objective.gamma) if objective.regularizer == "cond_log_var" else None
+    eps = float(objective.eps)
+    augment = bool(config.data.augment)
 
     def model_and_loss(x, y, noise):
         # torch_reference.training_loss after its input handling: networks under
         # autocast, loss terms in float32.
         with torch.autocast(**autocast):
-            if model_config.latent == "categorical":
+            if categorical:
                 return reference.categorical_decoder_cross_entropy(*model(x), y).mean()
             encoder = model["encoder"]
-            z = (encoder(x, samples) if model_config.encoder == "dropout_cnn" else encoder(x)[None]).float()
+            z = (encoder(x, samples) if cnn else encoder(x)[None]).float()
             z = z + noise if noise is not None else z
             logits = model["decoder"](z).float()
         loss = reference.decoder_cross_entropy(logits, y).mean()
-        if objective.regularizer == "cond_log_var":
-            loss = loss + objective.gamma * reference.conditional_log_variance(
-                z.flatten(0, 1), y.repeat(z.shape[0]), logits.shape[-1], objective.eps)
+        if gamma is not None:
+            loss = loss + gamma * reference.conditional_log_variance(
+                z.flatten(0, 1), y.repeat(z.shape[0]), logits.shape[-1], eps)
         return loss
 
     loss_fn = torch.compile(model_and_loss, dynamic=False) if compiled else model_and_loss
 
     def step(idx):
         x = (data[idx].float() / 255.0 - mean) / std
-        if config.data.augment:
+        if augment:
             with torch.device(device):  # the reference's crop and flip make their index tensors here
                 x = reference.random_crop_flip(x, generator)
         x = x.permute(0, 3, 1, 2).contiguous(memory_format=layout)
@@ -388,7 +395,7 @@ def _mfu(timing: Timing, dtype: str) -> tuple[float | None, float | None]:
     return rate / 1e12, None if peak is None else rate / (peak * jax.device_count())
 
 
-def training_task(family: str, batch: int, dtype: str, order: int) -> Task:
+def training_task(family: str, batch: int, dtype: str, order: tuple) -> Task:
     description, config_file, image_shape = MODELS[family]
     name = f"{family}_b{batch}_{_short_dtype(dtype)}"
 
@@ -408,7 +415,7 @@ def training_task(family: str, batch: int, dtype: str, order: int) -> Task:
         tflops, mfu = _mfu(ours, dtype)
         cells = {"batch": str(batch), "dtype": dtype, "ibjax ex/s": f"{ours.examples_per_sec:,.1f}",
                  "ms/step": f"{ours.step_seconds * 1e3:.2f}", "compile s": f"{ours.setup_seconds:.1f}",
-                 "TFLOP/s": _fmt(tflops, ".2f" if tflops is None or tflops < 10 else ".1f"),
+                 "TFLOP/s": _fmt(tflops, ".3g"),
                  "MFU": _fmt(mfu, ".1%", "n/a (no peak for this device)")}
         for column, t, note in zip(("torch eager ex/s", "torch.compile ex/s"), torch_timings, notes):
             cells[column] = f"{t.examples_per_sec:,.1f}" if t is not None else (note or "n/a")
@@ -451,7 +458,7 @@ def training_tasks(family: str, small: bool) -> list[Task]:
 # --------------------------------------------------------------------------
 
 
-def population_task(model: str, batch: int, members: int, order) -> Task:
+def population_task(model: str, batch: int, members: int, order: tuple) -> Task:
     description, config_file, image_shape = MODELS[model]
     name = f"population_{model}_g{members}"
 
@@ -463,8 +470,9 @@ def population_task(model: str, batch: int, members: int, order) -> Task:
                                       min_repeat_seconds=ctx.min_repeat_seconds)
         tflops, mfu = _mfu(vmapped, "float32")
         ratio = _ratio(vmapped, sequential)
-        cells = {"G": str(members), "batch": str(batch), "vmapped ex/s (all members)": f"{vmapped.examples_per_sec:,.1f}",
-                 "compile s": f"{vmapped.setup_seconds:.1f}", "TFLOP/s": _fmt(tflops, ".2f"),
+        cells = {"G": str(members), "batch": str(batch),
+                 "vmapped ex/s (all members)": f"{vmapped.examples_per_sec:,.1f}",
+                 "compile s": f"{vmapped.setup_seconds:.1f}", "TFLOP/s": _fmt(tflops, ".3g"),
                  "MFU": _fmt(mfu, ".1%", "n/a (no peak for this device)"),
                  "sequential ex/s": f"{sequential.examples_per_sec:,.1f}",
                  "vmapped / sequential": _ratio_cell(vmapped, sequential)}
@@ -513,7 +521,7 @@ def analytic_mutual_information(d: int, rho: float = RHO) -> float:
 
 
 def kl_entropy_from_distances(kth: np.ndarray, d: int, k: int) -> float:
-    """Kozachenko–Leonenko in float64: ψ(N) − ψ(k) + log V_d + (d/N) Σ log ε_i, ε_i the k-th-neighbour distances."""
+    """Kozachenko–Leonenko in float64: ψ(N) − ψ(k) + log V_d + (d/N) Σ log ε_i, ε_i the k-th-neighbour distance."""
     kth = np.asarray(kth, np.float64)
     log_unit_ball = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1.0)
     return float(special.digamma(kth.size) - special.digamma(k) + log_unit_ball + d * np.log(kth).mean())
@@ -546,7 +554,11 @@ def _full_float32_matmuls():
 
 
 def torch_kth_distances(x: np.ndarray, k: int, device="cpu", block: int = 1024) -> np.ndarray:
-    """Distances to the k-th nearest other point, brute force on ``device``: blocked ‖q‖² + ‖x‖² − 2 q·x, ``torch.topk``."""
+    """Distances to the k-th nearest other point by brute force on ``device``.
+
+    Blocks of query rows: squared distances ‖q‖² + ‖x‖² − 2 q·x as one matrix
+    product each (float32, no TF32), then ``torch.topk``.
+    """
     import torch
 
     with _full_float32_matmuls(), torch.no_grad():
@@ -653,7 +665,7 @@ def _sklearn_reference(ctx: Context, name: str, z: np.ndarray, labels: np.ndarra
     """``(seconds, estimate, note)`` of the scikit-learn reference, or None and why it was skipped.
 
     Its cost is projected from the last size timed for the same estimator (or a
-    10,000-point subsample) as quadratic in N; over ``--sklearn_max_s`` or the
+    5,000-point subsample) as quadratic in N; over ``--sklearn_max_s`` or the
     time left, it is skipped.
     """
     if importlib.util.find_spec("sklearn") is None:
@@ -661,7 +673,7 @@ def _sklearn_reference(ctx: Context, name: str, z: np.ndarray, labels: np.ndarra
     n = len(z)
     basis = ctx.sklearn_seconds.get(name)
     if basis is None and n > 20_000:
-        sub = 10_000
+        sub = 5_000
         seconds, _ = _timed(lambda: fn(z[:sub], labels[:sub]))
         basis = (sub, seconds)
     projected = None if basis is None else basis[1] * (n / basis[0]) ** 2
@@ -677,7 +689,7 @@ def _sklearn_reference(ctx: Context, name: str, z: np.ndarray, labels: np.ndarra
     return statistics.median(times), value, ""
 
 
-def estimator_task(name: str, n: int, d: int, order) -> Task:
+def estimator_task(name: str, n: int, d: int, order: tuple) -> Task:
     row_name = f"{name}_n{n}_d{d}"
     if name == "ksg":
         row_name = f"ksg_mutual_information_n{n}_d{d}"
@@ -885,7 +897,8 @@ def header(ctx: Context, command: str) -> list[str]:
     return [
         "# Accelerator benchmark: every throughput target",
         "",
-        f"Written by `benchmarks/accelerator.py` on {now:%Y-%m-%d %H:%M} UTC{' (--small smoke run)' if ctx.small else ''}.",
+        f"Written by `benchmarks/accelerator.py` on {now:%Y-%m-%d %H:%M} UTC"
+        + (" (--small smoke run)." if ctx.small else "."),
         "",
         f"Command: `{command}`",
         "",
@@ -982,8 +995,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--budget_s", type=float, default=None,
                         help="skip the rows still to run after this many seconds (420; 150 with --small)")
     parser.add_argument("--epoch_images", type=int, default=None,
-                        help="training images of the epoch row (50,000; 256 with --small, where the synthetic data "
-                             "of the step rows has the same size so that they share compiled steps)")
+                        help="training images of the epoch row (50,000; 256 with --small)")
     parser.add_argument("--epoch_batch", type=int, default=None,
                         help="batch size of the epoch row (128, the config's; 32 with --small)")
     parser.add_argument("--sklearn_max_s", type=float, default=60.0,
@@ -1063,7 +1075,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
         device, torch_note, compile_on, compile_note = _torch_setup(args)
         ctx = Context(small=args.small, repeats=args.repeats, min_repeat_seconds=0.05 if args.small else 0.3,
-                      num_images=args.epoch_images if args.small else 4096, epoch_images=args.epoch_images,
+                      num_images=256 if args.small else 4096, epoch_images=args.epoch_images,
                       epoch_batch=args.epoch_batch, sklearn_max_s=args.sklearn_max_s, torch_device=device,
                       torch_note=torch_note, torch_compile=compile_on, compile_note=compile_note,
                       start=start, budget_s=args.budget_s)

@@ -111,12 +111,21 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> o
 
 
 def learning_rate(config: ml_collections.ConfigDict, state: TrainState) -> jax.Array:
-    """The current learning rate, ``[M]`` for a run: the base rate times the plateau ``scale``.
+    """The current learning rate, ``[M]`` for a run: the base rate times the plateau scale.
 
-    The scale is looked up by name in the optimiser state, not by its
-    position in the chain.
+    The reduce-on-plateau state is found by its type wherever it sits in the
+    optimiser state, not by its position in the chain; a lookup of the bare
+    name ``scale`` would also match BatchNorm's ``scale`` parameters inside
+    Adam's moments.
     """
-    return config.train.learning_rate * optax.tree_utils.tree_get(state.opt_state, "scale")
+    plateau = [node for node in jax.tree.leaves(state.opt_state, is_leaf=_is_plateau_state) if _is_plateau_state(node)]
+    if len(plateau) != 1:
+        raise ValueError(f"the optimiser state must hold one reduce-on-plateau state; found {len(plateau)}.")
+    return config.train.learning_rate * plateau[0].scale
+
+
+def _is_plateau_state(node) -> bool:
+    return isinstance(node, optax.contrib.ReduceLROnPlateauState)
 
 
 def create_train_state(

@@ -105,6 +105,11 @@ def test_learning_rate_is_read_by_name_and_follows_the_plateau_scale():
     plateau = state.opt_state[1]._replace(scale=jnp.full((1,), 0.8 ** 3))
     shifted = state.replace(opt_state=(optax.EmptyState(), state.opt_state[0], plateau))
     np.testing.assert_allclose(np.asarray(step.learning_rate(config, shifted)), [0.002 * 0.8 ** 3], rtol=1e-6)
+    # BatchNorm's `scale` parameters sit in Adam's moments too: the plateau scale is still the one found.
+    adam = state.opt_state[0][0]
+    with_bn = adam._replace(mu={"bn": {"scale": jnp.ones((1, 4))}, **adam.mu})
+    batch_norm = state.replace(opt_state=((with_bn, *state.opt_state[0][1:]), plateau))
+    np.testing.assert_allclose(np.asarray(step.learning_rate(config, batch_norm)), [0.002 * 0.8 ** 3], rtol=1e-6)
 
 
 def test_zero_totals_carry_the_member_axis():
