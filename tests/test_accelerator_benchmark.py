@@ -137,12 +137,6 @@ def test_rows_run_in_the_family_order_and_small_defaults():
 FAMILY_ROWS = ("resnet18_b", "mlp_b", "dropout_cnn_b", "population_mlp", "population_resnet18", "knn_entropy",
                "knn_conditional_entropy", "ksg_mutual_information", "epoch_overhead")
 
-# ibjax.step.learning_rate looks the plateau scale up with optax.tree_utils.tree_get(opt_state, "scale"),
-# which also finds the Adam moments of BatchNorm's "scale" parameters: every ResNet18 run fails at the end
-# of its first epoch.
-_LEARNING_RATE_BUG = "Found multiple values for 'scale'"
-
-
 def _table_rows(text: str) -> dict[str, dict[str, str]]:
     """Every table row of the report as {row name: {column: cell}}."""
     rows, columns = {}, None
@@ -181,8 +175,6 @@ def test_small_run_measures_every_row(tmp_path):
         assert family, f"no {prefix} row in\n{text}"
         for name, cells in family.items():
             notes = cells.get("notes", "")
-            if prefix == "epoch_overhead" and _LEARNING_RATE_BUG in notes:
-                continue  # checked last
             assert "skipped" not in notes and "error" not in notes, f"{name}: {notes}"
             if prefix in ("resnet18_b", "mlp_b", "dropout_cnn_b"):
                 assert _number(cells["ibjax ex/s"]) > 0 and _number(cells["ms/step"]) > 0
@@ -202,7 +194,4 @@ def test_small_run_measures_every_row(tmp_path):
                 assert math.isclose(float(ibjax_value), float(sklearn_value), rel_tol=1e-3)
     assert "DISAGREE" not in text
     assert "Estimator agreement check: passed." in text
-    epoch_notes = next(c for n, c in rows.items() if n.startswith("epoch_overhead")).get("notes", "")
-    if _LEARNING_RATE_BUG in epoch_notes:
-        pytest.xfail("ibjax.step.learning_rate fails on BatchNorm models (tree_get 'scale' is ambiguous)")
     assert result.returncode == 0, result.stderr[-3000:]
