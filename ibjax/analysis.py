@@ -342,10 +342,10 @@ def _read_done_epochs(path: Path) -> set[int]:
 
 
 def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = True,
-                estimator: str = "mixture") -> list[dict]:
+                estimator: str = "mixture", records_name: str = "information_plane.jsonl") -> list[dict]:
     """Computes the information-plane quantities of every checkpoint of a run.
 
-    Appends one record per epoch to ``workdir/information_plane.jsonl``;
+    Appends one record per epoch to ``workdir/information_plane.jsonl`` (or ``records_name``);
     epochs already there are skipped, and so is a checkpoint still being
     written (Orbax lists only finalised steps).
 
@@ -354,6 +354,8 @@ def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = 
       k: neighbours of the k-NN estimators.
       max_examples: use only the first N training examples (0: all).
       progress: show a progress bar over checkpoints.
+      records_name: the file name of the records, e.g. ``information_plane_knn.jsonl``
+        to keep a k-NN analysis beside the default one.
       estimator: one of :data:`ESTIMATORS`. ``'mixture'`` (default) bounds
         H[Z] and H[Z|Y] of a deterministic encoder with zero-entropy noise by
         the Gaussian-mixture bounds (:func:`mixture_quantities`); other
@@ -367,12 +369,14 @@ def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = 
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"`estimator` must be one of {ESTIMATORS}; got {estimator!r}.")
+    if "/" in records_name or not records_name.endswith(".jsonl"):
+        raise ValueError(f"`records_name` must be a file name ending in .jsonl; got {records_name!r}.")
     with experiment.restore_run(workdir) as run:
-        return _analyze_checkpoints(run, k, max_examples, progress, estimator)
+        return _analyze_checkpoints(run, k, max_examples, progress, estimator, records_name)
 
 
 def _analyze_checkpoints(run: experiment.RunCheckpoints, k: int, max_examples: int, progress: bool,
-                         estimator: str, num_dropout_draws: int = 8) -> list[dict]:
+                         estimator: str, records_name: str, num_dropout_draws: int = 8) -> list[dict]:
     from tqdm.auto import tqdm
 
     config, dataset, workdir = run.experiment.config, run.experiment.dataset, run.workdir
@@ -382,7 +386,7 @@ def _analyze_checkpoints(run: experiment.RunCheckpoints, k: int, max_examples: i
         images, labels = images[:max_examples], labels[:max_examples]
     metrics_path = workdir / "metrics.jsonl"
     metrics = {m["epoch"]: m for m in (read_jsonl(metrics_path) if metrics_path.exists() else [])}
-    out_path = workdir / "information_plane.jsonl"
+    out_path = workdir / records_name
     done = _read_done_epochs(out_path)
     epochs = [e for e in run.epochs if e not in done]
     latent_fn = make_latent_fn(model, config)

@@ -98,12 +98,14 @@ class Run:
     information_plane: list[dict[str, Any]]
 
 
-def load_run(workdir: str | pathlib.Path) -> Run:
+def load_run(workdir: str | pathlib.Path, records_name: str = "information_plane.jsonl") -> Run:
     """Loads a run's config and logged records from its workdir.
 
     Args:
       workdir: directory holding ``config.json`` and ``metrics.jsonl`` (required)
         and ``information_plane.jsonl`` (optional).
+      records_name: the information-plane records to read, e.g.
+        ``information_plane_knn.jsonl`` from ``analyze.py --estimator=knn``.
 
     Returns:
       The :class:`Run`; ``information_plane`` is empty when its file is missing.
@@ -117,7 +119,7 @@ def load_run(workdir: str | pathlib.Path) -> Run:
         if not (workdir / name).is_file():
             raise FileNotFoundError(f"workdir {workdir} has no {name}")
     config = configlib.read_stored(workdir / "config.json")
-    information_plane_path = workdir / "information_plane.jsonl"
+    information_plane_path = workdir / records_name
     return Run(
         workdir=workdir,
         config=config,

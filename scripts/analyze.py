@@ -16,6 +16,8 @@ _K = flags.DEFINE_integer("k", 3, "Neighbours of the k-NN entropy estimators.")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 0, "Use only the first N training examples (0: all).")
 _ESTIMATOR = flags.DEFINE_enum("estimator", "mixture", list(analysis.ESTIMATORS),
                                "H[Z], H[Z|Y] of noisy deterministic latents: Gaussian-mixture bounds or k-NN.")
+_RECORDS = flags.DEFINE_string("records", "information_plane.jsonl",
+                               "File name of the records in each run directory (keep several analyses side by side).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -29,9 +31,9 @@ def main(argv):
         raise SystemExit(f"error: {error}") from None
     for run_dir in run_dirs:
         records = analysis.analyze_run(run_dir, k=_K.value, max_examples=_MAX_EXAMPLES.value,
-                                       estimator=_ESTIMATOR.value)
+                                       estimator=_ESTIMATOR.value, records_name=_RECORDS.value)
         flagged = sum(bool(r["flags"]) for r in records)
-        print(f"{run_dir}: {len(records)} new epoch(s) -> {run_dir / 'information_plane.jsonl'}"
+        print(f"{run_dir}: {len(records)} new epoch(s) -> {run_dir / _RECORDS.value}"
               + (f"; {flagged} with impossible values (see their 'flags')" if flagged else ""))
 
 

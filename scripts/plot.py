@@ -22,6 +22,9 @@ _ENTROPY_CAP_FILE = flags.DEFINE_string(
     "entropy_cap_file", None, "JSON-lines records of the entropy-cap experiment (Fig 4)."
 )
 _OUT = flags.DEFINE_string("out", None, "Output directory; default <first workdir>/figures or ./figures.")
+_RECORDS = flags.DEFINE_string("records", "information_plane.jsonl",
+                               "Information-plane records to draw, e.g. information_plane_knn.jsonl.")
+_SUFFIX = flags.DEFINE_string("suffix", "", "Appended to each figure's file name, e.g. _knn.")
 
 
 def main(argv: list[str]) -> None:
@@ -30,7 +33,7 @@ def main(argv: list[str]) -> None:
     workdirs = _WORKDIR.value or []
     if not workdirs and not _ENTROPY_CAP_FILE.value:
         raise app.UsageError("Give at least one --workdir or an --entropy_cap_file.")
-    runs = [plotting.load_run(d) for d in find_run_dirs(workdirs)]
+    runs = [plotting.load_run(d, _RECORDS.value) for d in find_run_dirs(workdirs)]
     # Fig 4 data: a file if given, else the capped epochs of the runs themselves.
     entropy_cap_records = (read_jsonl(_ENTROPY_CAP_FILE.value) if _ENTROPY_CAP_FILE.value
                            else plotting.entropy_cap_records(runs))
@@ -43,7 +46,7 @@ def main(argv: list[str]) -> None:
         names = [_FIGURE.value]
     out = pathlib.Path(_OUT.value) if _OUT.value else pathlib.Path(workdirs[0] if workdirs else ".") / "figures"
     for name, figure in plotting.make_figures(names, runs, entropy_cap_records).items():
-        png, pdf = plotting.save_figure(figure, out / name)
+        png, pdf = plotting.save_figure(figure, out / f"{name}{_SUFFIX.value}")
         print(f"{name}: {png} {pdf}")
 
 
