@@ -63,12 +63,19 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     MPI; ``JAX_COORDINATOR_ADDRESS`` is read too); give all three to launch
     the processes yourself, e.g. several processes on one machine with CPU
     collectives over gloo. A second call does nothing.
+
+    JAX's own preemption service is switched off: it would take SIGTERM
+    over for good, while :class:`ibjax.workdir.StopRequests` handles it
+    during training (stopping every process at the same step) and leaves it
+    its default meaning (terminate) before and after, as in a single process.
     """
     if jax.distributed.is_initialized():
         return
     if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") is None:
         # Older jax had no cross-process CPU collectives unless asked for.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if hasattr(jax.config, "jax_enable_preemption_service"):
+        jax.config.update("jax_enable_preemption_service", False)
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
 
@@ -216,8 +223,9 @@ class _Loop:
             return {}
         result = dict(records[0], members=records) if len(self.run_dirs) > 1 or self.run_dirs[0] != self.workdir \
             else dict(records[0])
-        if self.stop.agreed() is not None:
-            result["signal"] = self.stop.agreed()  # finished anyway; callers (sweeps) should still stop
+        signal_name = self.stop.agreed()
+        if signal_name is not None:
+            result["signal"] = signal_name  # finished anyway; callers (sweeps) should still stop
         return result
 
     def say(self, text: str) -> None:
@@ -242,16 +250,25 @@ class _Loop:
         if resumed is not None:
             state, totals, first_step = resumed
             self.say(f"Resuming epoch {epoch} at step {first_step} of {steps}.")
-        # Multi-process: every process asks the others after each step (a
-        # collective), so all stop after the same step. Single-process: a
-        # Python attribute read, no round trip to the device.
-        stop = self.stop.agreed if workdirlib.is_multiprocess() else lambda: self.stop.signal
+        # Single-process: the flag is a Python attribute read, no round trip
+        # to the device. Multi-process: after each step every process starts
+        # gathering every process's flag (a collective) and reads the gather
+        # of the step before, so all agree, and stop after the same step,
+        # while the host stays a step ahead of the devices.
+        multiprocess, gathered = workdirlib.is_multiprocess(), None
         with _progress(steps, first_step, epoch, self.config.train.get("progress_bar", True) and self.primary) as bar:
             for i in range(first_step, steps):
                 state, totals = self.compiled_step(state, totals, self.x_train, self.y_train, batches[i],
                                                    self.train_key, self.gamma)
                 bar.update(1)
-                if i + 1 < steps and stop() is not None:
+                if i + 1 == steps:
+                    break  # the end of the epoch checks for a signal after its evaluation
+                if multiprocess:
+                    stopping = gathered is not None and self.stop.agreed(gathered) is not None
+                    gathered = None if stopping else self.stop.gather()
+                else:
+                    stopping = self.stop.signal is not None
+                if stopping:
                     workdirlib.save_preempted(self.workdir, state, totals, epoch, i + 1)
                     return state, totals, self.preempted(epoch, i + 1)
         totals = jax.device_get(totals)

@@ -32,6 +32,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import ibjax
 from ibjax import config as configlib
@@ -245,22 +247,45 @@ class StopRequests:
         self.message = message
         self.agreed_signal: str | None = None
         self.signalled_process: int | None = None
+        self._gather = None
 
-    def agreed(self) -> str | None:
+    def gather(self) -> jax.Array | None:
+        """Starts gathering every process's flag and returns at once (None in a single-process run).
+
+        A collective: every process must call it at the same point of the
+        run. Pass the result to :meth:`agreed` later, e.g. one step later, so
+        that the host does not wait for the device in between.
+        """
+        if not is_multiprocess():
+            return None
+        if self._gather is None:
+            devices = np.asarray(jax.devices())
+            self._flags_sharding = NamedSharding(Mesh(devices, ("devices",)), P("devices"))
+            self._device_process = np.asarray([d.process_index for d in devices])
+            self._gather = jax.jit(lambda flags: flags, out_shardings=NamedSharding(self._flags_sharding.mesh, P()))
+        code = np.full((1,), signal.Signals[self.signal].value if self.signal is not None else 0, np.int32)
+        flags = jax.make_array_from_callback((len(self._device_process),), self._flags_sharding, lambda _: code)
+        return self._gather(flags)
+
+    def agreed(self, gathered: jax.Array | None = None) -> str | None:
         """The signal any process received, or None: the same answer on every process.
 
-        Single-process: :attr:`signal`. Multi-process: a collective (every
-        process must call it at the same point of the run) that gathers every
-        process's flag; once a signal is agreed it stays agreed, and
-        :attr:`signalled_process` names the first process that had one.
+        Single-process: :attr:`signal`. Multi-process: every process's flag
+        as gathered by ``gathered`` (from :meth:`gather`), or, without it, by
+        a collective now (every process must call it at the same point of the
+        run). Once a signal is agreed it stays agreed (and is returned without
+        a collective), and :attr:`signalled_process` names the first process
+        that had one.
         """
         if not is_multiprocess():
             return self.signal
-        code = signal.Signals[self.signal].value if self.signal is not None else 0
-        codes = np.ravel(multihost_utils.process_allgather(np.int32(code)))
-        if self.agreed_signal is None and np.any(codes):
-            self.signalled_process = int(np.flatnonzero(codes)[0])
-            self.agreed_signal = signal.Signals(int(codes[self.signalled_process])).name
+        if self.agreed_signal is not None:
+            return self.agreed_signal  # the same on every process: no need to ask again
+        codes = np.asarray(self.gather() if gathered is None else gathered)
+        if np.any(codes):
+            first = int(np.flatnonzero(codes)[0])
+            self.signalled_process = int(self._device_process[first])
+            self.agreed_signal = signal.Signals(int(codes[first])).name
         return self.agreed_signal
 
     def __enter__(self):
@@ -287,9 +312,16 @@ class StopRequests:
 
 
 def checkpoint_manager(workdir: Path, max_to_keep: int = 0, *, read_only: bool = False) -> ocp.CheckpointManager:
-    """The Orbax manager of ``workdir/checkpoints`` (``max_to_keep`` 0 keeps all)."""
-    options = (ocp.CheckpointManagerOptions(read_only=True) if read_only
-               else ocp.CheckpointManagerOptions(max_to_keep=max_to_keep or None, create=True))
+    """The Orbax manager of ``workdir/checkpoints`` (``max_to_keep`` 0 keeps all).
+
+    Multi-process: every process must create it and call its ``save``; the
+    managers of a population's members save concurrently, so each gets its
+    own barrier names (from the workdir's name, the same on every host).
+    """
+    multiprocessing = ({"multiprocessing_options": ocp.options.MultiprocessingOptions(
+        barrier_sync_key_prefix=f"ibjax_{Path(workdir).absolute().name}")} if is_multiprocess() else {})
+    options = (ocp.CheckpointManagerOptions(read_only=True, **multiprocessing) if read_only
+               else ocp.CheckpointManagerOptions(max_to_keep=max_to_keep or None, create=True, **multiprocessing))
     return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options,
                                  item_names=("state", "meta"))
 

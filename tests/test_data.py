@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ibjax import data
+from ibjax import _sources, data
 
 REAL_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 # Label counts of the 10,000 MNIST t10k images (LeCun et al.), digits 0..9.
@@ -123,7 +123,7 @@ def test_dataset_checks_its_arrays():
 def _mocked_tfds_needs_no_preparation(monkeypatch):
     # mock_data leaves builders unprepared and makes preparing them a no-op;
     # ibjax's checks before a download (TensorFlow, network) do not apply.
-    monkeypatch.setattr(data, "_prepare_tfds", lambda builder, name: None)
+    monkeypatch.setattr(_sources, "_prepare_tfds", lambda builder, name: None)
 
 
 def test_tfds_mnist_matches_data_source():

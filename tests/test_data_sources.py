@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ibjax import data
+from ibjax import _sources, data
 
 CIFAR_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
 MNIST_IDX = {
@@ -422,7 +422,7 @@ def assert_one_line_offline_error(exc_info, name: str, tfds_name: str, directory
 
 @pytest.mark.parametrize("name, tfds_name", [("mnist", "mnist"), ("permuted_mnist", "mnist"), ("cifar10", "cifar10")])
 def test_tfds_unprepared_without_tensorflow_fails_in_one_line(tmp_path, no_network, monkeypatch, name, tfds_name):
-    monkeypatch.setattr(data, "_tensorflow_installed", lambda: False)
+    monkeypatch.setattr(_sources, "_tensorflow_installed", lambda: False)
     with pytest.raises(data.DatasetError) as exc_info:
         data.load_dataset(name, source="tfds", data_dir=str(tmp_path))
     message = assert_one_line_offline_error(exc_info, name, tfds_name, tmp_path)
@@ -432,7 +432,7 @@ def test_tfds_unprepared_without_tensorflow_fails_in_one_line(tmp_path, no_netwo
 
 @pytest.mark.parametrize("name, host", [("mnist", "storage.googleapis.com"), ("cifar10", "www.cs.toronto.edu")])
 def test_tfds_unprepared_without_network_fails_before_downloading(tmp_path, no_network, monkeypatch, name, host):
-    monkeypatch.setattr(data, "_tensorflow_installed", lambda: True)
+    monkeypatch.setattr(_sources, "_tensorflow_installed", lambda: True)
 
     def download_and_prepare(self, *args, **kwargs):
         raise AssertionError("a download must not start without network")
@@ -446,8 +446,8 @@ def test_tfds_unprepared_without_network_fails_before_downloading(tmp_path, no_n
 
 
 def test_tfds_failed_preparation_is_one_line(tmp_path, no_network, monkeypatch):
-    monkeypatch.setattr(data, "_tensorflow_installed", lambda: True)
-    monkeypatch.setattr(data, "_unreachable_hosts", lambda urls, timeout: [])
+    monkeypatch.setattr(_sources, "_tensorflow_installed", lambda: True)
+    monkeypatch.setattr(_sources, "_unreachable_hosts", lambda urls, timeout: [])
 
     def download_and_prepare(self, *args, **kwargs):
         raise ConnectionError("Max retries exceeded\n" + "  traceback line\n" * 40)
@@ -484,14 +484,14 @@ def test_unreachable_hosts_counts_any_http_answer_as_reachable(monkeypatch):
     try:
         port = server.server_address[1]
         answering = [f"http://127.0.0.1:{port}/present", f"http://127.0.0.1:{port}/missing"]
-        assert data._unreachable_hosts(answering, timeout=5.0) == []
+        assert _sources._unreachable_hosts(answering, timeout=5.0) == []
     finally:
         server.shutdown()
         server.server_close()
     with socket.socket() as closed:  # a port nothing listens on
         closed.bind(("127.0.0.1", 0))
         closed_port = closed.getsockname()[1]
-    assert data._unreachable_hosts([f"http://localhost:{closed_port}/x"], timeout=5.0) == ["localhost"]
+    assert _sources._unreachable_hosts([f"http://localhost:{closed_port}/x"], timeout=5.0) == ["localhost"]
 
 
 # --------------------------------------------------------------------------
@@ -569,7 +569,7 @@ def test_tfds_real_cifar10_builder_prepares_local_archive(tmp_path, offline_down
     for index, (images, _) in enumerate(batches):
         images[:, 0, 0, 0] = [2 * index + 1, 2 * index + 2]  # a unique first pixel
     cifar_binary_archive(offline_downloads / "cifar-10-binary.tar.gz", batches)
-    monkeypatch.setattr(data, "_unreachable_hosts", lambda urls, timeout: [])  # the mirror stands in
+    monkeypatch.setattr(_sources, "_unreachable_hosts", lambda urls, timeout: [])  # the mirror stands in
 
     # Not prepared yet: load_dataset prepares it through the builder, then reads it.
     ds = data.load_dataset("cifar10", source="tfds", data_dir=str(tmp_path / "tfds"))
