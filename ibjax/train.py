@@ -172,6 +172,8 @@ class _Loop:
                               sharding=exp.replicated, num_members=exp.num_members,
                               joint_shape=(self.config.model.latent_dim, exp.num_classes) if categorical else None)
         self.latent_fn = capping.make_latent_fn(exp.model, self.config) if self.config.capping.schedule else None
+        # objective.joint='epoch': log p(y|z) of the training set, fixed for an epoch (None otherwise).
+        self.data_decoder = None
         # TensorBoard event files beside each metrics.jsonl (which stays what analysis and plots read).
         self.primary = workdirlib.is_primary()
         self.writers = ([self.cleanup.enter_context(tensorboard.ScalarWriter(d)) for d in self.run_dirs]
@@ -195,10 +197,16 @@ class _Loop:
             # Drop records of epochs after the checkpoint so a resumed run logs each epoch once.
             path = directory / "metrics.jsonl"
             write_jsonl(path, [r for r in (read_jsonl(path) if path.exists() else []) if r.get("epoch", 0) <= start_epoch])
+        if steplib.uses_data_joint(config):
+            # The training set's p(y|z) at the state training continues from: the epoch-start
+            # decoder of an interrupted epoch too, as that epoch restarts from this state's checkpoint.
+            self.data_decoder = evaluation.evaluate_train_exact(
+                self.eval_step, state, self.x_train, self.y_train, optimal_decoder=True, **self.eval_args)[1]
         example_idx = exp.epoch_batches(1)[0]
         compile_start = time.perf_counter()
         self.compiled_step = exp.train_step().lower(
-            state, exp.zero_totals(), self.x_train, self.y_train, example_idx, self.train_key, self.gamma).compile()
+            state, exp.zero_totals(), self.x_train, self.y_train, example_idx, self.train_key, self.gamma,
+            self.data_decoder).compile()
         self.compile_seconds = time.perf_counter() - compile_start
         self.last_saved = start_epoch
         records: list[dict] = []
@@ -259,7 +267,7 @@ class _Loop:
         with _progress(steps, first_step, epoch, self.config.train.get("progress_bar", True) and self.primary) as bar:
             for i in range(first_step, steps):
                 state, totals = self.compiled_step(state, totals, self.x_train, self.y_train, batches[i],
-                                                   self.train_key, self.gamma)
+                                                   self.train_key, self.gamma, self.data_decoder)
                 bar.update(1)
                 if i + 1 == steps:
                     break  # the end of the epoch checks for a signal after its evaluation
@@ -308,6 +316,8 @@ class _Loop:
             train_eval, decoder = evaluation.evaluate_train_exact(
                 self.eval_step, state, self.x_train, self.y_train,
                 optimal_decoder=config.objective.loss == "decoder_uncertainty", **self.eval_args)
+            if steplib.uses_data_joint(config):
+                self.data_decoder = decoder  # the next epoch trains with this epoch's p(y|z)
         test_eval = evaluation.evaluate(self.eval_step, state, self.x_test, self.y_test, decoder=decoder,
                                         **self.eval_args)
         epoch_seconds = time.perf_counter() - epoch_start
@@ -365,6 +375,8 @@ def epoch_record(member, i: int, epoch: int, step, totals, train_eval, test_eval
     record.update({f"train_{k}": pick(totals[k]) / steps for k in steplib.metric_names(member)})
     record["training_error_bound"] = record.pop("train_training_error_bound")
     if train_eval:
+        # The step's H[Y|Z] is the batch plug-in; the record's is exact over the training set.
+        record["train_batch_decoder_uncertainty"] = record["train_decoder_uncertainty"]
         record["train_decoder_uncertainty"] = float(information.conditional_entropy(
             jnp.asarray(np.asarray(train_eval["joint"])[i])))
         for name in ("decoder_cross_entropy", "prediction_cross_entropy", "accuracy"):

@@ -185,3 +185,27 @@ def test_headline_cifar_command_without_data_fails_in_one_line_before_touching_d
     assert lines[0].startswith("error: tfds data set 'cifar10' is not prepared in " + str(tmp_path / "tfds"))
     assert "--config.data.source=cifar_pickle|npz" in lines[0] and "TFDS_DATA_DIR" in lines[0]
     assert not workdir.exists()
+
+
+def test_decoder_uncertainty_with_the_training_sets_joint_trains_and_resumes(tmp_path):
+    config = digits_config(train__num_epochs=3)
+    config.model.latent = "categorical"
+    config.model.noise = False
+    config.model.latent_dim = 16
+    config.model.decoder = "categorical_mlp"
+    config.model.decoder_hidden = (64, 64)
+    config.objective.regularizer = "none"
+    config.objective.loss = "decoder_uncertainty"
+    config.objective.joint = "epoch"
+    train.train_and_evaluate(config, tmp_path / "whole")
+    train.train_and_evaluate(config, tmp_path / "split", stop_after_epoch=1)
+    train.train_and_evaluate(config, tmp_path / "split")
+    whole, split = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "split")
+    for a, b in zip(whole, split):
+        for key in ("train_loss", "train_data_decoder_uncertainty", "train_decoder_uncertainty", "test_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["epoch"], key)
+    last = whole[-1]
+    # The loss is the data-level estimate; the batch plug-in and the exact full-data value are recorded beside it.
+    assert last["train_loss"] == pytest.approx(last["train_data_decoder_uncertainty"], rel=1e-6)
+    assert {"train_batch_decoder_uncertainty", "train_decoder_uncertainty"} <= set(last)
+    assert last["train_decoder_uncertainty"] < whole[0]["train_decoder_uncertainty"]
