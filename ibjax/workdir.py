@@ -17,7 +17,9 @@ of them was signalled.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -60,7 +62,8 @@ __all__ = [
 ]
 
 #: Fields that may differ from a workdir's stored config without making it another run.
-IGNORED_ON_RESUME: tuple[str, ...] = ("train.progress_bar", "train.tensorboard")
+# How a run is launched or shown, not what it computes: a multi-host run may be resumed by one process.
+IGNORED_ON_RESUME: tuple[str, ...] = ("train.progress_bar", "train.tensorboard", "distributed")
 
 
 class WorkdirError(RuntimeError):
@@ -110,8 +113,11 @@ def run_differences(stored: dict[str, Any], current: dict[str, Any], *,
     def comparable(config_dict):
         out = configlib.with_defaults(json.loads(json.dumps(config_dict)))
         for dotted in ignored:
-            section, field = dotted.split(".")
-            out.get(section, {}).pop(field, None)
+            *sections, field = dotted.split(".")
+            node = out
+            for section in sections:
+                node = node.get(section, {})
+            node.pop(field, None)
         return out
 
     return configlib.differences(comparable(stored), comparable(current))
@@ -341,7 +347,9 @@ def restore_state(manager: ocp.CheckpointManager, epoch: int, like) -> tuple[Any
     """
     directory = Path(manager.directory) / str(epoch)
     with ocp.StandardCheckpointer() as checkpointer:
-        stored = _leaf_shapes(checkpointer.metadata(directory / "state").item_metadata.tree)
+        # Orbax warns that an item of a composite checkpoint has no step metadata of its own: expected here.
+        with _quiet_absl():
+            stored = _leaf_shapes(checkpointer.metadata(directory / "state").item_metadata.tree)
     expected = _leaf_shapes(like)
     if stored != expected:
         meta = manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
@@ -357,6 +365,18 @@ def restore_state(manager: ocp.CheckpointManager, epoch: int, like) -> tuple[Any
     restored = manager.restore(
         epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return restored.state, restored.meta
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """Only errors from absl's logger (Orbax's) inside the block."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _leaf_shapes(tree) -> dict[str, tuple[int, ...]]:

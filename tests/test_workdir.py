@@ -57,7 +57,10 @@ def test_run_differences_has_one_ignore_list():
     # A field added to ibjax after a run was written takes its default: still the same run.
     del stored["capping"]["num_examples"]
     assert workdirlib.run_differences(stored, configlib.to_dict(digits_config())) == []
-    assert workdirlib.IGNORED_ON_RESUME == ("train.progress_bar", "train.tensorboard")
+    assert workdirlib.IGNORED_ON_RESUME == ("train.progress_bar", "train.tensorboard", "distributed")
+    distributed = configlib.to_dict(digits_config())
+    distributed["distributed"] = True
+    assert workdirlib.run_differences(stored, distributed) == []
 
 
 def test_member_workdirs_are_named_by_index_and_gamma(tmp_path):
