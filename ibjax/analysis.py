@@ -43,7 +43,8 @@ from ibjax import estimators, evaluation, experiment, information
 from ibjax.losses import ZERO_ENTROPY_STD
 from ibjax.io import append_jsonl, read_jsonl
 
-__all__ = ["ESTIMATORS", "continuous_quantities", "mixture_quantities", "categorical_quantities",
+__all__ = ["ESTIMATORS", "continuous_quantities", "mixture_quantities", "vib_mixture_quantities",
+           "dropout_quantities", "categorical_quantities",
            "gaussian_conditional_entropy", "impossible_value_flags", "make_latent_fn", "compute_latents",
            "analyze_run"]
 
@@ -55,6 +56,8 @@ ESTIMATORS: tuple[str, ...] = ("mixture", "knn")
 H_Z_ESTIMATORS = {
     "mixture": "mixture: Kolchinsky-Tracey KL upper bound of the Gaussian mixture over the training points "
                "(h_z, h_z_given_y; Bhattacharyya lower bounds in h_z_lower, h_z_given_y_lower)",
+    "mixture_diagonal": "mixture: Kolchinsky-Tracey KL upper bound of the mixture of the per-example Gaussians "
+                        "N(mu(x), diag sigma(x)^2) over the training points (h_z, h_z_given_y)",
     "knn": "knn: Kozachenko-Leonenko k-NN estimate from one noise draw per example",
     "exact": "exact: categorical latent",
     "undefined": "undefined: a latent without noise whose values are discrete given X has H[Z] = -inf",
@@ -105,6 +108,31 @@ def continuous_quantities(
     h_z_given_y = float(estimators.knn_conditional_entropy(z, labels, k=k))
     quantities = _assemble(h_z, h_z_given_y, h_z_given_x, h_z_given_x_method, _label_entropy(labels, num_classes))
     return dict(quantities, h_z_estimator=H_Z_ESTIMATORS["knn"])
+
+
+def vib_mixture_quantities(means: jax.Array, scales: jax.Array, labels: np.ndarray,
+                           num_classes: int) -> dict[str, Any]:
+    """Information-plane quantities of a VIB latent Z|x ~ N(μ(x), diag σ(x)²) from the mixture bound (nats).
+
+    H[Z] and H[Z|Y] are the KL upper bounds of
+    :func:`ibjax.estimators.gaussian_mixture_entropy_upper_bound` over the
+    training points (and over each class's); H[Z|X] is exact from σ(x). The
+    Bhattacharyya lower bound has no matrix-product form for per-example
+    covariances and is not computed. I[X;Z] lies in [0, log N].
+
+    Args:
+      means: ``[N, K]`` encoder means μ(x).
+      scales: ``[N, K]`` encoder standard deviations σ(x).
+      labels: ``[N]`` integer labels.
+      num_classes: number of classes.
+    """
+    means, scales = np.asarray(means), np.asarray(scales)
+    h_z = float(estimators.gaussian_mixture_entropy_upper_bound(means, scales))
+    h_z_given_y = sum(np.mean(labels == c) * float(estimators.gaussian_mixture_entropy_upper_bound(
+        means[labels == c], scales[labels == c])) for c in np.unique(labels))
+    h_z_given_x = float(gaussian_conditional_entropy(scales))
+    quantities = _assemble(h_z, float(h_z_given_y), h_z_given_x, "exact_gaussian", _label_entropy(labels, num_classes))
+    return dict(quantities, h_z_estimator=H_Z_ESTIMATORS["mixture_diagonal"])
 
 
 def mixture_quantities(means: jax.Array, labels: np.ndarray, num_classes: int, noise_std: float) -> dict[str, Any]:
@@ -278,17 +306,18 @@ def _assemble(h_z, h_z_given_y, h_z_given_x, method, h_y) -> dict[str, Any]:
     }
 
 
-def make_latent_fn(model, config, *, stochastic: bool = False, scale: bool = False):
+def make_latent_fn(model, config, *, stochastic: bool = False, scale: bool = False, mean: bool = False):
     """Jitted ``(state, images_uint8, key) -> latents``: Z ``[B, K]`` or p(z|x) ``[B, C]``.
 
     Eval mode with the configured noise; ``stochastic`` turns the Dropout
     encoder's masks on (train mode), to sample H[Z|X] of a stochastic encoder.
-    ``scale`` returns the encoder scales σ(x) ``[B, K]`` of a VIB latent instead.
+    ``scale`` returns the encoder scales σ(x) ``[B, K]`` of a VIB latent instead,
+    ``mean`` its means μ(x).
     """
     categorical = config.model.latent == "categorical"
-    if scale and config.model.latent != "vib":
-        raise ValueError(f"`scale=True` needs config.model.latent='vib'; got {config.model.latent!r}.")
-    key_out = "z_scale" if scale else "z"
+    if (scale or mean) and config.model.latent != "vib":
+        raise ValueError(f"`scale=True` and `mean=True` need config.model.latent='vib'; got {config.model.latent!r}.")
+    key_out = "z_scale" if scale else "z_mean" if mean else "z"
 
     @jax.jit
     def latent_fn(state, batch, key):
@@ -394,6 +423,8 @@ def _analyze_checkpoints(run: experiment.RunCheckpoints, k: int, max_examples: i
     use_mixture = (estimator == "mixture" and config.model.latent == "continuous" and config.model.noise
                    and config.model.encoder != "dropout_cnn")
     mean_fn = _make_noise_free_latent_fn(model, config) if use_mixture else None
+    vib_mixture = estimator == "mixture" and config.model.latent == "vib"
+    vib_mean_fn = make_latent_fn(model, config, mean=True) if vib_mixture else None
     dropout_fn = _make_noise_free_latent_fn(model, config, train=True)
     records = []
     for epoch in tqdm(epochs, desc=f"analyse {workdir.name}", unit="ckpt", disable=not progress):
@@ -406,6 +437,10 @@ def _analyze_checkpoints(run: experiment.RunCheckpoints, k: int, max_examples: i
             draws = compute_latents(dropout_fn, state, images, num_draws=num_dropout_draws, rng=jax.random.key(1))
             quantities = dropout_quantities(np.asarray(draws), labels, dataset.num_classes,
                                             ZERO_ENTROPY_STD if config.model.noise else None)
+        elif vib_mixture:
+            quantities = vib_mixture_quantities(compute_latents(vib_mean_fn, state, images)[0],
+                                                compute_latents(scale_fn, state, images)[0], labels,
+                                                dataset.num_classes)
         elif use_mixture:
             means = compute_latents(mean_fn, state, images)[0]
             quantities = mixture_quantities(np.asarray(means), labels, dataset.num_classes, ZERO_ENTROPY_STD)

@@ -257,3 +257,72 @@ def test_analysis_of_a_dropout_run_uses_one_latent_for_every_quantity(tmp_path):
     assert record["h_z_given_x_lower"] <= record["h_z_given_x"] + 1e-6
     assert record["preserved_information"] <= math.log(200 * 8) + 1e-4
     assert record["h_z_lower"] <= record["h_z"] + 1e-5
+
+
+def reference_diagonal_upper_bound(means, scales):
+    """float64 NumPy: mean_i H(p_i) − mean_i log mean_j exp(−KL(p_i ‖ p_j)), diagonal Gaussians."""
+    m, v = np.asarray(means, np.float64), np.asarray(scales, np.float64) ** 2
+    n, d = m.shape
+    kl = 0.5 * np.sum(v[:, None, :] / v[None, :, :] + (m[:, None, :] - m[None, :, :]) ** 2 / v[None, :, :]
+                      - 1.0 + np.log(v[None, :, :]) - np.log(v[:, None, :]), axis=-1)
+    h = np.mean(0.5 * np.sum(np.log(2 * np.pi * np.e * v), axis=1))
+    return h - np.mean(logsumexp(-kl, axis=1) - math.log(n))
+
+
+def test_diagonal_upper_bound_matches_float64_and_the_isotropic_case():
+    rng = np.random.default_rng(7)
+    means = 2.0 * rng.standard_normal((60, 5))
+    scales = np.exp(0.5 * rng.standard_normal((60, 5)))
+    got = float(E.gaussian_mixture_entropy_upper_bound(means, scales, block_size=16))
+    assert got == pytest.approx(reference_diagonal_upper_bound(means, scales), rel=1e-5, abs=2e-4)
+    # Equal scales: the isotropic KL bound.
+    equal = float(E.gaussian_mixture_entropy_upper_bound(means, np.full_like(means, 0.6)))
+    assert equal == pytest.approx(float(E.mixture_entropy_bounds(means.astype(np.float32), 0.6)[1]), abs=2e-4)
+
+
+def test_diagonal_upper_bound_brackets_monte_carlo_from_above_and_log_n():
+    rng = np.random.default_rng(8)
+    n, d = 30, 2
+    means = 1.5 * rng.standard_normal((n, d))
+    scales = np.exp(0.4 * rng.standard_normal((n, d)))
+    samples = 100_000
+    pick = rng.integers(0, n, samples)
+    z = means[pick] + scales[pick] * rng.standard_normal((samples, d))
+    log_comp = (-0.5 * np.sum(((z[:, None, :] - means[None]) / scales[None]) ** 2, axis=-1)
+                - np.sum(np.log(scales), axis=1)[None] - 0.5 * d * math.log(2 * math.pi))
+    log_p = logsumexp(log_comp, axis=1) - math.log(n)
+    h, se = -np.mean(log_p), np.std(log_p) / math.sqrt(samples)
+    upper = float(E.gaussian_mixture_entropy_upper_bound(means, scales))
+    h_given_x = np.mean(0.5 * np.sum(np.log(2 * np.pi * np.e * scales**2), axis=1))
+    assert h - 4 * se <= upper <= h_given_x + math.log(n) + 1e-5
+    with pytest.raises(ValueError, match="scales finite and > 0"):
+        E.gaussian_mixture_entropy_upper_bound(means, -scales)
+
+
+def test_vib_analysis_uses_the_diagonal_mixture_bound():
+    from ibjax import analysis
+
+    rng = np.random.default_rng(9)
+    means = 5.0 * rng.standard_normal((120, 4))
+    scales = np.full((120, 4), 0.3)
+    labels = np.arange(120) % 3
+    q = analysis.vib_mixture_quantities(means, scales, labels, 3)
+    assert q["h_z_estimator"].startswith("mixture") and "exact" in q["h_z_given_x_method"]
+    assert 0.0 <= q["preserved_information"] <= math.log(120) + 1e-4
+    assert analysis.impossible_value_flags(q, 120) == []
+
+
+def test_analysis_of_a_vib_run_bounds_preserved_information_by_log_n(tmp_path):
+    from pathlib import Path
+
+    from ibjax import analysis, train
+    from ibjax import config as configlib
+
+    config = configlib.from_file(Path(__file__).resolve().parents[1] / "configs" / "digits_vib.py")
+    config.train.num_epochs = 1
+    config.train.progress_bar = False
+    train.train_and_evaluate(config, tmp_path / "run")
+    (record,) = analysis.analyze_run(tmp_path / "run", progress=False, max_examples=300)
+    assert record["h_z_estimator"].startswith("mixture")
+    assert 0.0 <= record["preserved_information"] <= math.log(300) + 1e-4
+    assert record["flags"] == [] or all(not f.startswith("I[X;Z]") for f in record["flags"])
