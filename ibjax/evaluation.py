@@ -27,6 +27,9 @@ __all__ = ["make_eval_step", "evaluate", "evaluate_train_exact", "map_batches"]
 
 _SUMS = ("count", "decoder_cross_entropy", "prediction_cross_entropy", "correct")
 
+# Every member's key folded with a batch index; module-level so it compiles once, not per evaluation.
+_fold_members = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+
 
 def make_eval_step(model, config, num_classes: int, mesh: Mesh) -> Callable:
     """The jitted eval step ``(state, totals, images, labels, batch_idx, mask, rng, decoder) -> totals``.
@@ -81,9 +84,8 @@ def evaluate(eval_step: Callable, state, images, labels, *, batch_size: int, rng
     if joint_shape is not None:
         totals["joint"] = jnp.zeros((num_members, *joint_shape), jnp.float32)
     totals = jax.device_put(totals, sharding)
-    fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
     for i in range(idx.shape[0]):
-        totals = eval_step(state, totals, images, labels, idx[i], mask[i], fold(rng, i), decoder)
+        totals = eval_step(state, totals, images, labels, idx[i], mask[i], _fold_members(rng, i), decoder)
     totals = jax.device_get(totals)
     n = totals.pop("count")
     summary = {k: v / n for k, v in totals.items() if k != "joint"}
