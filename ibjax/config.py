@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections
 
 
-__all__ = ["ConfigError", "LOSSES", "JOINTS", "default_config", "from_file", "with_defaults", "read_stored", "load_stored", "validate", "to_dict", "to_json", "from_json", "differences"]
+__all__ = ["ConfigError", "LOSSES", "JOINTS", "ABSENT_MEANS", "default_config", "from_file", "with_defaults", "read_stored", "load_stored", "validate", "to_dict", "to_json", "from_json", "differences"]
 
 #: Valid ``objective.joint`` values: the p(y|z) that loss='decoder_uncertainty' uses.
 JOINTS: tuple[str, ...] = ("batch", "epoch")
@@ -102,6 +102,7 @@ def _validate_data(config) -> None:
     if config.data.source in PATH_SOURCES and not config.data.path:
         raise ConfigError(f"config.data.path is required for config.data.source={config.data.source!r}.")
     _positive_int(config, "data.split_at", allow_zero=True)
+    _positive_int(config, "data.num_train", allow_zero=True)
     for field in ("train.progress_bar", "train.tensorboard"):
         if not isinstance(_get(config, field), bool):
             raise ConfigError(f"config.{field} must be True or False; got {_get(config, field)!r}.")
@@ -113,12 +114,13 @@ def _validate_data(config) -> None:
 
 def _validate_model(config) -> None:
     from ibjax.losses import CROSS_ENTROPIES, REGULARIZERS
-    from ibjax.models import DECODERS, DTYPES, ENCODERS, LATENTS
+    from ibjax.models import DECODERS, DTYPES, ENCODERS, LATENTS, PARAM_INITS
 
     _choice(config, "model.encoder", ENCODERS)
     _choice(config, "model.latent", LATENTS)
     _choice(config, "model.decoder", DECODERS)
     _choice(config, "dtype", DTYPES)
+    _choice(config, "model.init", PARAM_INITS)
     _positive_int(config, "model.latent_dim")
     _positive_int(config, "model.num_samples")
     if not isinstance(config.model.noise, bool):
@@ -152,6 +154,7 @@ def _validate_training(config, num_devices: int) -> None:
                   "checkpoint.every_epochs"):
         _positive_int(config, field)
     _positive_int(config, "checkpoint.max_to_keep", allow_zero=True)
+    _positive_int(config, "train.plateau_examples", allow_zero=True)
     _nonneg_float(config, "train.learning_rate", positive=True)
     factor = _get(config, "train.plateau_factor")
     # optax's reduce_on_plateau rejects 1.0; a constant rate is a patience longer than the run.
@@ -210,9 +213,22 @@ def from_json(text: str, origin: str = "config.json") -> ml_collections.ConfigDi
     return ml_collections.ConfigDict(data)
 
 
+#: What a stored config that lacks a field was trained with, where that is not
+#: today's default: the field did not exist yet, and the run behaved the old way.
+ABSENT_MEANS: dict[str, Any] = {"model.init": "flax", "train.plateau_examples": 0}
+
+
 def with_defaults(config_dict: dict[str, Any], defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fills the fields a stored config lacks (added to ibjax after it was written) with their defaults."""
-    defaults = to_dict(default_config()) if defaults is None else defaults
+    """Fills the fields a stored config lacks (added to ibjax after it was written).
+
+    A missing field takes the value the run was trained with: its
+    :data:`ABSENT_MEANS` entry where the default has since changed, else today's default.
+    """
+    if defaults is None:
+        defaults = to_dict(default_config())
+        for dotted, value in ABSENT_MEANS.items():
+            section, field = dotted.split(".")
+            defaults[section][field] = value
     out = dict(config_dict)
     for key, value in defaults.items():
         if key not in out:
@@ -280,6 +296,7 @@ def default_config():
     config.data.split_at = 0          # > 0: re-split train+test at this index
     config.data.permutation_seed = 0  # pixel permutation of permuted_mnist
     config.data.augment = False       # CIFAR pad-4 random crop + flip, on device
+    config.data.num_train = 0         # > 0: train on the first num_train training examples only
 
     config.model = mlc.ConfigDict()
     config.model.encoder = "mlp"      # mlp | dropout_cnn | resnet18
@@ -290,6 +307,9 @@ def default_config():
     config.model.decoder = "linear"   # linear | categorical_mlp
     config.model.decoder_hidden = (1024, 1024)
     config.model.num_samples = 1      # S dropout / noise samples per example
+    # flax: lecun-normal kernels, zero biases. pytorch: nn.Linear/nn.Conv2d's defaults,
+    # U(±1/sqrt(fan_in)) for kernel and bias, as the paper (PyTorch) had them.
+    config.model.init = "flax"
 
     config.objective = mlc.ConfigDict()
     config.objective.loss = "cross_entropy"      # cross_entropy | decoder_uncertainty
@@ -302,6 +322,8 @@ def default_config():
     config.objective.joint = "batch"             # batch | epoch
 
     # Section 7: Adam, lr 1e-4, x0.8 once the training loss has not improved for more than 3 epochs.
+    # The plateau test's "epoch" is plateau_examples examples (the paper's 60,000-image MNIST
+    # epoch, whatever the size of the training set at hand); 0: one epoch of the training set.
     config.train = mlc.ConfigDict()
     config.train.num_epochs = 30
     config.train.batch_size = 128
@@ -309,6 +331,7 @@ def default_config():
     config.train.learning_rate = 1e-4
     config.train.plateau_factor = 0.8
     config.train.plateau_patience = 3
+    config.train.plateau_examples = 60000
     config.train.progress_bar = True
     config.train.tensorboard = True   # per-epoch scalars as TensorBoard event files beside metrics.jsonl
 

@@ -406,19 +406,31 @@ def load_data(config: ml_collections.ConfigDict) -> Dataset:
 
     Args:
       config: experiment config whose ``data`` section holds ``name``,
-        ``source``, ``path`` (``""`` for none), ``split_at`` (``0`` for none)
-        and ``permutation_seed``; ``augment`` is applied later, on device.
+        ``source``, ``path`` (``""`` for none), ``split_at`` (``0`` for none),
+        ``permutation_seed`` and ``num_train`` (train on the first
+        ``num_train`` training examples; ``0`` for all; the test split is
+        unchanged); ``augment`` is applied later, on device.
 
     Returns:
       The :class:`Dataset` of host uint8 images and int32 labels.
 
     Raises:
-      As :func:`load_dataset`.
+      As :func:`load_dataset`; :class:`ibjax.config.ConfigError` naming
+      ``config.data.num_train`` if it exceeds the training set.
     """
-    return load_dataset(
+    from ibjax.config import ConfigError
+
+    dataset = load_dataset(
         config.data.name,
         source=config.data.source,
         path=config.data.path or None,
         split_at=config.data.split_at or None,
         permutation_seed=config.data.permutation_seed,
     )
+    num_train = config.data.get("num_train", 0)
+    if num_train > len(dataset.y_train):
+        raise ConfigError(f"config.data.num_train={num_train} exceeds the {len(dataset.y_train)} training examples "
+                         f"of {config.data.name!r}; use 0 for all.")
+    if num_train:
+        dataset = dataclasses.replace(dataset, x_train=dataset.x_train[:num_train], y_train=dataset.y_train[:num_train])
+    return dataset

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -35,6 +35,9 @@ ENCODERS = ("mlp", "dropout_cnn", "resnet18")
 LATENTS = ("continuous", "categorical", "vib")
 DECODERS = ("linear", "categorical_mlp")
 DTYPES = ("float32", "bfloat16")
+#: Parameter initialisations: Flax's defaults (lecun-normal kernels, zero biases)
+#: or PyTorch's ``reset_parameters`` of ``nn.Linear``/``nn.Conv2d``, which the paper used.
+PARAM_INITS = ("flax", "pytorch")
 
 # VIB scale σ = softplus(s − 5) + 1e-6 of the encoder output s: the shift of
 # Alemi et al. (2016) starts σ near softplus(−5) ≈ 0.0067, a nearly
@@ -61,6 +64,43 @@ def count_params(params: Any) -> int:
       ``Σ_leaves prod(leaf.shape)`` as a Python ``int``.
     """
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def pytorch_default_init(rng: jax.Array, params: Any) -> Any:
+    """Re-draws every layer that has a kernel and a bias as PyTorch's default ``reset_parameters`` does.
+
+    PyTorch initialises ``nn.Linear`` and ``nn.Conv2d`` with
+    ``kaiming_uniform_(a=√5)`` for the weight and U(−1/√fan_in, 1/√fan_in) for
+    the bias; with the gain √(2/(1 + a²)) = √(1/3) both are
+    U(−1/√fan_in, 1/√fan_in), where fan_in = prod(kernel.shape[:-1]) (inputs
+    times the receptive field). Layers without a bias keep their Flax
+    initialisation: the ResNet convolutions, which torchvision re-initialises
+    with He-normal (fan_out) itself, and BatchNorm. The Flax default it
+    replaces is lecun-normal kernels (variance 1/fan_in, three times
+    PyTorch's) and zero biases.
+
+    Args:
+      rng: a PRNG key.
+      params: a Flax ``params`` pytree.
+
+    Returns:
+      The same pytree with each (kernel, bias) pair re-drawn.
+    """
+
+    def redraw(node, key):
+        if not isinstance(node, Mapping):
+            return node
+        if "kernel" in node and "bias" in node and not isinstance(node["kernel"], Mapping):
+            kernel, bias = node["kernel"], node["bias"]
+            bound = 1.0 / math.sqrt(math.prod(kernel.shape[:-1]))
+            kernel_key, bias_key = jax.random.split(key)
+            return {**node,
+                    "kernel": jax.random.uniform(kernel_key, kernel.shape, kernel.dtype, -bound, bound),
+                    "bias": jax.random.uniform(bias_key, bias.shape, bias.dtype, -bound, bound)}
+        keys = jax.random.split(key, len(node))
+        return type(node)({name: redraw(child, k) for (name, child), k in zip(sorted(node.items()), keys)})
+
+    return redraw(params, rng)
 
 
 def _check_rank(x: jax.Array, rank: int, module: str, layout: str) -> None:
@@ -359,6 +399,9 @@ class IBModel(nn.Module):
       dtype: computation dtype, 'float32' or 'bfloat16'; parameters stay float32.
       encoder_hidden: hidden widths of the 'mlp' encoder.
       decoder_hidden: hidden widths of the 'categorical_mlp' decoder.
+      param_init: one of :data:`PARAM_INITS`, read by
+        :func:`ibjax.step.create_train_state` (``'pytorch'`` applies
+        :func:`pytorch_default_init` after ``init``).
     """
 
     encoder: str
@@ -370,6 +413,7 @@ class IBModel(nn.Module):
     dtype: Any = "float32"
     encoder_hidden: tuple[int, ...] = (1024, 1024)
     decoder_hidden: tuple[int, ...] = (1024, 1024)
+    param_init: str = "flax"
 
     def __post_init__(self) -> None:
         # Fail at construction, before any tracing or compilation.
@@ -377,6 +421,7 @@ class IBModel(nn.Module):
         _check_choice("latent", self.latent, LATENTS)
         _check_choice("decoder", self.decoder, DECODERS)
         _check_choice("dtype", _dtype_name(self.dtype), DTYPES)
+        _check_choice("param_init", self.param_init, PARAM_INITS)
         for name in ("latent_dim", "num_classes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -484,7 +529,7 @@ def create_model(config: Any, num_classes: int) -> IBModel:
     ``dtype``) or just a ``model`` section (then ``dtype`` is read from it, if
     present). Reads ``encoder``, ``latent_dim``, ``latent``, ``noise``,
     ``decoder`` and, if present, ``encoder_hidden`` and ``decoder_hidden``
-    (default (1024, 1024)). ``num_samples`` is an argument of the forward
+    (default (1024, 1024)) and ``init`` (default 'flax'). ``num_samples`` is an argument of the forward
     pass, not of the model.
 
     Args:
@@ -508,4 +553,5 @@ def create_model(config: Any, num_classes: int) -> IBModel:
         dtype=dtype,
         encoder_hidden=tuple(model.get("encoder_hidden", (1024, 1024))),
         decoder_hidden=tuple(model.get("decoder_hidden", (1024, 1024))),
+        param_init=model.get("init", "flax"),
     )

@@ -338,7 +338,8 @@ def plot_cross_entropy_curves(runs: Sequence[Run]) -> Figure:
     ``objective.cross_entropy`` selects H_Θ[Y|Z] (``decoder``) or H_Θ[Y|X]
     (``prediction``). Each panel shows the three training-set metrics over
     epochs: the median over trials with a band from the 25 % to the 75 %
-    quartile. H_Θ[Y|Z] upper-bounds both others (section 5).
+    quartile. H_Θ[Y|Z] upper-bounds both others (section 5). Below each
+    data set's row, a row of the test accuracy, drawn the same way.
 
     Args:
       runs: loaded runs with ``metrics`` records.
@@ -359,18 +360,20 @@ def plot_cross_entropy_curves(runs: Sequence[Run]) -> Figure:
     datasets = sorted({dataset for dataset, _ in cells})
     objectives = [o for o in OBJECTIVES if any(objective == o for _, objective in cells)]
 
-    fig, axes = _figure(len(datasets), len(objectives), panel_size=(3.8, 3.0), sharex=False, sharey="row")
+    fig, axes = _figure(2 * len(datasets), len(objectives), panel_size=(3.8, 2.6), sharex=False, sharey="row")
     drawn = {}
     for row, dataset in enumerate(datasets):
         for column, objective in enumerate(objectives):
-            ax = axes[row][column]
+            ax, accuracy_ax = axes[2 * row][column], axes[2 * row + 1][column]
             if row == 0:
                 ax.set_title(f"Training with {_OBJECTIVE_SYMBOLS[objective]}")
             if row == len(datasets) - 1:
-                ax.set_xlabel("epoch")
+                accuracy_ax.set_xlabel("epoch")
             if column == 0:
                 ax.set_ylabel(f"{dataset}\n(nats)")
-            ax.grid(alpha=0.3)
+                accuracy_ax.set_ylabel("test accuracy")
+            for panel in (ax, accuracy_ax):
+                panel.grid(alpha=0.3)
             group = cells.get((dataset, objective))
             if not group:
                 ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="0.5")
@@ -378,14 +381,19 @@ def plot_cross_entropy_curves(runs: Sequence[Run]) -> Figure:
             for key, label, color in _CROSS_ENTROPY_METRICS:
                 exact = key.replace("train_", _EXACT_PREFIX, 1)
                 has_exact = all(exact in r for run in group for r in run.metrics)
-                curve = _quartile_curve(group, exact if has_exact else key)
-                if curve is None:
-                    continue
-                epochs, low, median, high = curve
-                ax.fill_between(epochs, low, high, color=color, alpha=0.25, lw=0)
-                drawn[label] = ax.plot(epochs, median, color=color, label=label)[0]
+                _draw_quartiles(ax, _quartile_curve(group, exact if has_exact else key), color, label, drawn)
+            _draw_quartiles(accuracy_ax, _quartile_curve(group, "test_accuracy"), "0.2", "test accuracy", drawn)
     fig.legend(handles=list(drawn.values()), loc="outside lower center", ncols=len(drawn), fontsize="small")
     return fig
+
+
+def _draw_quartiles(ax: Axes, curve, color: Any, label: str, drawn: dict) -> None:
+    """The median line and the 25-75 % band of a :func:`_quartile_curve` (nothing if it is None)."""
+    if curve is None:
+        return
+    epochs, low, median, high = curve
+    ax.fill_between(epochs, low, high, color=color, alpha=0.25, lw=0)
+    drawn[label] = ax.plot(epochs, median, color=color, label=label)[0]
 
 
 def plot_error_vs_entropy_cap(records: Sequence[Mapping[str, Any]]) -> Figure:

@@ -41,6 +41,7 @@ __all__ = [
     "MEMBER_MAPS",
     "make_mesh",
     "make_optimizer",
+    "plateau_window",
     "learning_rate",
     "create_train_state",
     "stack_members",
@@ -95,19 +96,32 @@ def make_mesh(devices=None) -> Mesh:
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
     """Adam with the learning rate scaled by ``plateau_factor`` on plateaus.
 
-    The plateau test runs on the training loss averaged over an epoch
-    (``accumulation_size=steps_per_epoch``). ``plateau_patience`` counts the
-    epochs without improvement that are tolerated: the rate drops on the next
-    one, as in PyTorch's ``ReduceLROnPlateau(patience=3)`` that the paper used.
+    The plateau test runs on the training loss averaged over a window of
+    :func:`plateau_window` steps: ``train.plateau_examples`` examples (the
+    paper's 60,000-image MNIST epoch by default, so a smaller training set
+    does not cut the rate sooner in steps), or one epoch of the training set
+    when it is 0. ``plateau_patience`` counts the windows without improvement
+    that are tolerated: the rate drops on the next one, as in PyTorch's
+    ``ReduceLROnPlateau(patience=3)`` stepped once per epoch, which the paper used.
     """
     return optax.chain(
         optax.adam(config.train.learning_rate),
         optax.contrib.reduce_on_plateau(
             factor=config.train.plateau_factor,
             patience=config.train.plateau_patience + 1,
-            accumulation_size=steps_per_epoch,
+            accumulation_size=plateau_window(config, steps_per_epoch),
         ),
     )
+
+
+def plateau_window(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """Optimiser steps per plateau test: ⌈plateau_examples / batch_size⌉, or ``steps_per_epoch`` if that is 0.
+
+    60,000 examples at batch 128 give 469 steps, the paper's MNIST epoch
+    (PyTorch's DataLoader keeps the last, partial batch).
+    """
+    examples = config.train.get("plateau_examples", 0)
+    return steps_per_epoch if examples == 0 else -(-examples // config.train.batch_size)
 
 
 def learning_rate(config: ml_collections.ConfigDict, state: TrainState) -> jax.Array:
@@ -131,10 +145,16 @@ def _is_plateau_state(node) -> bool:
 def create_train_state(
     rng: jax.Array, model: models.IBModel, tx: optax.GradientTransformation, image_shape
 ) -> TrainState:
-    """One member's parameters, BatchNorm statistics and optimiser state (no member axis)."""
+    """One member's parameters, BatchNorm statistics and optimiser state (no member axis).
+
+    ``model.param_init='pytorch'`` re-draws the layers as PyTorch initialises
+    them (:func:`ibjax.models.pytorch_default_init`).
+    """
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
     variables = model.init({"params": rng, "dropout": rng, "noise": rng}, dummy, train=False, num_samples=1)
     params = variables["params"]
+    if model.param_init == "pytorch":
+        params = models.pytorch_default_init(jax.random.fold_in(rng, 1), params)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

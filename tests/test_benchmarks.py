@@ -246,3 +246,27 @@ def test_torch_encoders_have_the_ibjax_parameter_counts(encoder):
     reference = torch_reference.build(config)
     # BatchNorm running statistics are buffers in torch and 'batch_stats' in Flax: neither is counted.
     assert sum(p.numel() for p in reference.parameters()) == models.count_params(variables["params"])
+
+
+# ------------------------------------------------------------------ seed population against sequential runs
+
+
+def test_seed_population_benchmark_prints_the_ratio_and_checks_members(capsys):
+    from benchmarks import seed_population
+
+    seed_population.main(["--trials", "2", "--epochs", "2", "--data", "synthetic"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "×" in line}
+    assert set(rows) == {"wall, compile included", "epochs 2–2 (steady state)"}
+    for line in rows.values():
+        sequential, population, ratio = (cell.strip() for cell in line.split("|")[2:5])
+        assert float(ratio.rstrip("×")) == pytest.approx(float(sequential) / float(population), abs=0.01)
+    difference = float(out.rsplit(": ", 1)[1])
+    assert difference <= 1e-4
+
+
+def test_seed_population_benchmark_rejects_a_single_trial():
+    from benchmarks import seed_population
+
+    with pytest.raises(SystemExit):
+        seed_population.main(["--trials", "1"])

@@ -589,3 +589,18 @@ def test_eval_batches_counts_every_example_once(num_examples, batch_size):
     assert indices.min() >= 0 and indices.max() == num_examples - 1
     with pytest.raises(ValueError, match="`num_examples`"):
         data.eval_batches(0, batch_size)
+
+
+def test_num_train_keeps_the_first_training_examples_and_the_test_split():
+    from ibjax import config as configlib
+
+    config = configlib.default_config()
+    full = data.load_data(config)
+    config.data.num_train = 100
+    part = data.load_data(config)
+    np.testing.assert_array_equal(part.x_train, full.x_train[:100])
+    np.testing.assert_array_equal(part.y_train, full.y_train[:100])
+    np.testing.assert_array_equal(part.x_test, full.x_test)
+    config.data.num_train = 5000
+    with pytest.raises(configlib.ConfigError, match=r"config.data.num_train=5000 exceeds the 1438 training examples"):
+        data.load_data(config)

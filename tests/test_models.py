@@ -8,9 +8,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from ibjax import models as M
+from ibjax import step
 
 ZERO_ENTROPY_STD = (2 * math.pi * math.e) ** -0.5
 MNIST = (2, 28, 28, 1)
@@ -577,3 +579,58 @@ def test_params_are_plain_dicts_of_encoder_and_decoder():
     assert jax.tree_util.tree_structure(train_vars) == jax.tree_util.tree_structure(eval_vars)
     shapes = jax.tree_util.tree_map(lambda a: a.shape, flax.core.unfreeze(train_vars))
     assert shapes == jax.tree_util.tree_map(lambda a: a.shape, flax.core.unfreeze(eval_vars))
+
+
+# --------------------------------------------------------------------------
+# PyTorch's default initialisation (section 7: the paper trained with PyTorch).
+# --------------------------------------------------------------------------
+
+
+def test_pytorch_default_init_redraws_kernel_and_bias_pairs_only():
+    tree = {
+        "dense": {"kernel": jnp.zeros((4, 3)), "bias": jnp.zeros((3,))},
+        "conv": {"kernel": jnp.ones((3, 3, 2, 5)), "bias": jnp.zeros((5,))},
+        "resnet_conv": {"kernel": jnp.full((3, 3, 2, 5), 7.0)},          # no bias: torchvision's He init stays
+        "bn": {"scale": jnp.ones((3,)), "bias": jnp.zeros((3,))},        # no kernel: not a layer to redraw
+    }
+    out = M.pytorch_default_init(jax.random.key(0), tree)
+    # Hand bounds: 1/sqrt(fan_in) with fan_in = 4 (dense) and 3*3*2 = 18 (conv).
+    for name, bound in (("dense", 0.5), ("conv", 1 / math.sqrt(18))):
+        for leaf in ("kernel", "bias"):
+            values = np.asarray(out[name][leaf])
+            assert values.shape == tree[name][leaf].shape and values.dtype == np.float32
+            assert np.all(np.abs(values) <= bound) and np.any(values != 0.0), (name, leaf)
+    np.testing.assert_array_equal(out["resnet_conv"]["kernel"], tree["resnet_conv"]["kernel"])
+    np.testing.assert_array_equal(out["bn"]["scale"], tree["bn"]["scale"])
+    np.testing.assert_array_equal(out["bn"]["bias"], tree["bn"]["bias"])
+
+
+def test_pytorch_default_init_has_the_moments_of_torch_kaiming_uniform():
+    """The 784-1024-1024-100 encoder of section 7.1 against float64 U(-1/sqrt(fan_in), 1/sqrt(fan_in)) moments."""
+    model = M.IBModel(encoder="mlp", latent_dim=100, num_classes=10, latent="categorical",
+                      decoder="categorical_mlp", param_init="pytorch")
+    state = step.create_train_state(jax.random.key(0), model, optax.adam(1e-3), (28, 28, 1))
+    flax_state = step.create_train_state(jax.random.key(0), model.clone(param_init="flax"), optax.adam(1e-3),
+                                         (28, 28, 1))
+    for part, layer, fan_in in (("encoder", "hidden_0", 784), ("encoder", "output", 1024), ("decoder", "hidden_0", 100)):
+        kernel = np.asarray(state.params[part][layer]["kernel"], np.float64)
+        bias = np.asarray(state.params[part][layer]["bias"], np.float64)
+        bound = 1.0 / math.sqrt(fan_in)
+        # kaiming_uniform_(a=sqrt(5)): gain sqrt(2 / (1 + 5)), std gain / sqrt(fan_in), uniform bound sqrt(3) std.
+        torch_bound = math.sqrt(3.0) * math.sqrt(2.0 / (1.0 + 5.0)) / math.sqrt(fan_in)
+        assert torch_bound == pytest.approx(bound, rel=1e-12)
+        assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.99 * bound
+        assert kernel.var() == pytest.approx(bound**2 / 3.0, rel=0.02)
+        assert abs(kernel.mean()) < 0.01 * bound
+        assert np.abs(bias).max() <= bound and bias.std() > 0.4 * bound
+        # Flax's lecun-normal has three times the variance and zero biases.
+        flax_kernel = np.asarray(flax_state.params[part][layer]["kernel"], np.float64)
+        assert flax_kernel.var() == pytest.approx(1.0 / fan_in, rel=0.05)
+        assert not np.any(np.asarray(flax_state.params[part][layer]["bias"]))
+
+
+def test_param_init_is_validated():
+    with pytest.raises(ValueError, match=r"`param_init` must be one of \['flax', 'pytorch'\]; got 'torch'"):
+        M.IBModel(encoder="mlp", latent_dim=4, num_classes=10, param_init="torch")
+    config = ml_collections.ConfigDict({"encoder": "mlp", "latent_dim": 4, "init": "pytorch"})
+    assert M.create_model(config, 10).param_init == "pytorch"

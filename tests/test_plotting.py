@@ -78,7 +78,7 @@ def _metrics(seed, *, categorical, time_scale=2.0):
             "epoch": epoch,
             "step": 10 * (epoch + 1),
             "train_accuracy": 0.5,
-            "test_accuracy": 0.5,
+            "test_accuracy": 1.0 - decoder_ce / 3.0,
             "train_loss": decoder_ce,
             "train_decoder_cross_entropy": decoder_ce,
             "train_prediction_cross_entropy": decoder_ce - 0.2 * rng.random(),
@@ -322,8 +322,9 @@ def test_entropies_vs_gamma_shows_nonzero_conditional_entropy(gamma_sweep):
 def test_cross_entropy_curves(categorical_sweep, tmp_path):
     runs = _load(categorical_sweep)
     fig = plotting.plot_cross_entropy_curves(runs)
-    assert len(fig.axes) == 2 * 3
-    grid = np.array(fig.axes).reshape(2, 3)
+    assert len(fig.axes) == 4 * 3
+    grid = np.array(fig.axes).reshape(4, 3)
+    accuracy_rows, grid = grid[1::2], grid[0::2]
     assert [ax.get_title() for ax in grid[0]] == [
         r"Training with $H_\Theta[Y|Z]$",
         r"Training with $H_\Theta[Y|X]$",
@@ -344,6 +345,13 @@ def test_cross_entropy_curves(categorical_sweep, tmp_path):
         for epoch in range(EPOCHS):
             ys = band[np.isclose(band[:, 0], epoch), 1]
             assert np.isclose(ys.min(), low[epoch]) and np.isclose(ys.max(), high[epoch])
+    # Below each data set, its test accuracy: median over the trials.
+    assert [ax.get_ylabel() for ax in accuracy_rows[:, 0]] == ["test accuracy", "test accuracy"]
+    for ax, (data, name) in zip(accuracy_rows.flat, [(d, o) for d in ("cifar10", "permuted_mnist") for o in objectives]):
+        trials = [run for run in runs if run.workdir.name.startswith(f"{data}_{name}_")]
+        table = np.array([[r["test_accuracy"] for r in run.metrics] for run in trials], dtype=np.float64)
+        (line,) = ax.get_lines()
+        np.testing.assert_allclose(line.get_ydata(), np.median(table, axis=0), rtol=1e-12)
     plotting.save_figure(fig, tmp_path / "cross_entropies")
     _assert_rendered(tmp_path / "cross_entropies")
 

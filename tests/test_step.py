@@ -161,3 +161,38 @@ def test_joint_field_is_validated():
     config = digits_config(objective__joint="dataset")
     with pytest.raises(configlib.ConfigError, match=r"config.objective.joint must be one of \('batch', 'epoch'\)"):
         configlib.validate(config)
+
+
+def test_plateau_window_counts_examples_not_epochs():
+    config = digits_config(train__plateau_examples=60000)
+    assert configlib.default_config().train.plateau_examples == 60000 and config.train.batch_size == 128
+    assert step.plateau_window(config, steps_per_epoch=11) == 469  # the paper's 60,000-image epoch, by hand
+    config.train.plateau_examples = 1000
+    assert step.plateau_window(config, steps_per_epoch=11) == 8    # ceil(1000 / 128)
+    config.train.plateau_examples = 0
+    assert step.plateau_window(config, steps_per_epoch=11) == 11   # one epoch of the training set
+
+
+def _first_rate_drop(config, steps_per_epoch):
+    """The optimiser step at which a constant loss first cuts the learning rate."""
+    tx = step.make_optimizer(config, steps_per_epoch)
+    params = {"w": jnp.ones(3)}
+    opt_state = tx.init(params)
+    update = jax.jit(lambda s: tx.update({"w": jnp.zeros(3)}, s, params, value=jnp.asarray(1.0))[1])
+    for i in range(1, 2000):
+        opt_state = update(opt_state)
+        if step.learning_rate(config, step.TrainState(0, params, {}, opt_state)) < config.train.learning_rate:
+            return i
+    raise AssertionError("the rate never dropped")
+
+
+def test_the_plateau_patience_is_counted_in_windows_of_plateau_examples():
+    config = digits_config(train__plateau_patience=1)
+    config.train.plateau_examples = 256                   # a window of 2 steps
+    two = _first_rate_drop(config, steps_per_epoch=7)
+    config.train.plateau_examples = 512                   # 4 steps: the drop comes twice as late
+    assert _first_rate_drop(config, steps_per_epoch=7) == 2 * two
+    config.train.plateau_examples = 0                     # per epoch of 2 steps: as the 2-step window
+    assert _first_rate_drop(config, steps_per_epoch=2) == two
+    # One window to set the best loss, patience + 1 windows without improvement.
+    assert two == 2 * (1 + config.train.plateau_patience + 1)

@@ -30,6 +30,10 @@ def digits_config(**overrides):
 @pytest.mark.parametrize("field, value, message", [
     ("train__batch_size", 4096, "batch_size=4096 exceeds the 1438 training examples"),
     ("train__plateau_factor", 1.0, r"plateau_factor must be in \(0, 1\)"),
+    ("train__plateau_examples", -1, r"config\.train\.plateau_examples must be an integer >= 0; got -1"),
+    ("model__init", "torch", r"config\.model\.init must be one of \('flax', 'pytorch'\); got 'torch'"),
+    ("data__num_train", -3, r"config\.data\.num_train must be an integer >= 0; got -3"),
+    ("data__num_train", 5000, r"config\.data\.num_train=5000 exceeds the 1438 training examples"),
 ])
 def test_a_run_that_fails_its_checks_leaves_the_workdir_reusable(tmp_path, field, value, message):
     workdir = tmp_path / "run"
@@ -57,6 +61,13 @@ def test_run_differences_has_one_ignore_list():
     # A field added to ibjax after a run was written takes its default: still the same run.
     del stored["capping"]["num_examples"]
     assert workdirlib.run_differences(stored, configlib.to_dict(digits_config())) == []
+    # A field whose default changed after a run was written takes the value the run had then.
+    for section, field in (("model", "init"), ("train", "plateau_examples")):
+        del stored[section][field]
+    then = configlib.to_dict(digits_config(model__init="flax", train__plateau_examples=0))
+    assert workdirlib.run_differences(stored, then) == []
+    assert workdirlib.run_differences(stored, configlib.to_dict(digits_config(train__plateau_examples=60000))) == [
+        "train.plateau_examples: stored 0, now 60000"]
     assert workdirlib.IGNORED_ON_RESUME == ("train.progress_bar", "train.tensorboard", "distributed")
     distributed = configlib.to_dict(digits_config())
     distributed["distributed"] = True
