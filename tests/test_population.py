@@ -135,3 +135,33 @@ def test_population_num_seeds_is_validated(value):
     config = ml_collections.ConfigDict(fields)
     with pytest.raises(configlib.ConfigError, match=r"config\.population\.num_seeds must be an integer >= 0"):
         configlib.validate(config)
+
+
+def test_seed_population_of_the_section_7_1_model_equals_standalone_runs(tmp_path):
+    """The categorical latent, its MLP decoder and PyTorch's initialisation, as configs/permuted_mnist_categorical.py."""
+    import numpy as np
+
+    from ibjax import data as datalib
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (640, 28, 28, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, 640).astype(np.int32)
+    dataset = datalib.Dataset("permuted_mnist", images[:512], labels[:512], images[512:], labels[512:], 10)
+    config = configlib.from_file(ROOT / "configs" / "permuted_mnist_categorical.py")
+    config.model.encoder_hidden, config.model.decoder_hidden, config.model.latent_dim = (64, 64), (64, 64), 20
+    config.train.num_epochs, config.train.progress_bar, config.train.tensorboard = 2, False, False
+    assert config.model.init == "pytorch"
+    config.population.num_seeds = 2
+    train.train_and_evaluate(config, tmp_path / "trials", dataset=dataset)
+    for seed in (0, 1):
+        alone = configlib.from_file(ROOT / "configs" / "permuted_mnist_categorical.py")
+        alone.update_from_flattened_dict({"model.encoder_hidden": (64, 64), "model.decoder_hidden": (64, 64),
+                                          "model.latent_dim": 20, "train.num_epochs": 2, "seed": seed,
+                                          "train.progress_bar": False, "train.tensorboard": False})
+        train.train_and_evaluate(alone, tmp_path / f"alone{seed}", dataset=dataset)
+        got = read_jsonl(workdirlib.member_workdir(tmp_path / "trials", seed, seed=seed) / "metrics.jsonl")
+        want = read_jsonl(tmp_path / f"alone{seed}" / "metrics.jsonl")
+        for a, b in zip(got, want, strict=True):
+            for key in ("train_loss", "train_exact_decoder_cross_entropy", "train_decoder_uncertainty",
+                        "test_accuracy", "learning_rate"):
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (seed, a["epoch"], key)
