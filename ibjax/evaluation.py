@@ -115,7 +115,7 @@ def evaluate_train_exact(eval_step: Callable, state, images, labels, *, optimal_
     summary = evaluate(eval_step, state, images, labels, **kwargs)
     if not optimal_decoder:
         return summary, None
-    decoder = jax.device_put(jnp.log(jax.vmap(information.optimal_decoder)(jnp.asarray(summary["joint"]))),
+    decoder = jax.device_put(jax.vmap(information.log_optimal_decoder)(jnp.asarray(summary["joint"])),
                              kwargs["sharding"])
     return dict(evaluate(eval_step, state, images, labels, decoder=decoder, **kwargs), joint=summary["joint"]), decoder
 

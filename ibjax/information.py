@@ -26,6 +26,7 @@ __all__ = [
     "conditional_entropy",
     "mutual_information",
     "optimal_decoder",
+    "log_optimal_decoder",
     "decoder_uncertainty",
     "categorical_decoder_cross_entropy",
     "beta_prime",
@@ -147,6 +148,34 @@ def optimal_decoder(joint: jax.Array) -> jax.Array:
     has_mass = p_z != 0  # not > 0: a NaN row stays NaN rather than turn uniform
     uniform = jnp.full_like(joint, 1.0 / max(joint.shape[1], 1))
     return jnp.where(has_mass, joint / jnp.where(has_mass, p_z, 1.0), uniform)
+
+
+def log_optimal_decoder(joint: jax.Array) -> jax.Array:
+    """log p(y|z) of :func:`optimal_decoder`, floored at the log of the dtype's smallest normal number.
+
+    Under a softmax encoder p_Θ(z|x) > 0 for every x, so the exact p(y|z) is
+    never 0. In float32 it can round to 0: when the encoder is confident,
+    every p_Θ(z|x) of class y at category z underflows in the joint's sum.
+    Then −log p(y|z) would be +∞ and p_Θ(z|x)·(−log p(y|z)) = tiny·∞ = ∞
+    although the exact term is finite and negligible. The floor
+    (log 1.18e-38 = −87.3 nats in float32) keeps it finite; where the exact
+    log p(y|z) lies below the floor, a cross-entropy with this decoder is an
+    underestimate of at most p_Θ(z|x)·(−87.3 − log p(y|z)) per such term.
+
+    Args:
+      joint: ``[Cz, Cy]`` joint distribution.
+
+    Returns:
+      ``[Cz, Cy]`` log p(y|z), finite; a z without mass gets the uniform row.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> d = log_optimal_decoder(jnp.array([[0.5, 0.0], [0.25, 0.25]]))
+      >>> [[round(float(v), 3) for v in row] for row in d]
+      [[0.0, -87.337], [-0.693, -0.693]]
+    """
+    decoder = optimal_decoder(joint)
+    return jnp.log(jnp.maximum(decoder, jnp.finfo(decoder.dtype).tiny))
 
 
 def decoder_uncertainty(

@@ -98,6 +98,29 @@ def test_optimal_decoder():
     assert cross_entropy == pytest.approx(float(I.conditional_entropy(joint)), rel=1e-5)
 
 
+def test_log_optimal_decoder_is_finite_where_float32_rounds_p_y_given_z_to_zero():
+    # Hand case: p(y=1|z=0) = 0 is floored at log(float32 tiny) = -87.3365.
+    np.testing.assert_allclose(np.asarray(I.log_optimal_decoder(jnp.array([[0.5, 0.0], [0.25, 0.25]]))),
+                               [[0.0, math.log(np.finfo(np.float32).tiny)], [math.log(0.5), math.log(0.5)]],
+                               rtol=1e-6)
+    # A confident encoder: class 1's mass at category 0 underflows in float32 but not in float64.
+    logits = np.array([[30.0, -80.0], [-80.0, 30.0], [-80.0, 30.0]])
+    labels = np.array([0, 1, 1])
+    probs64 = np.exp(logits - logits.max(1, keepdims=True))
+    probs64 /= probs64.sum(1, keepdims=True)
+    joint64 = ref_joint(probs64, labels, 2)
+    log_decoder64 = np.log(joint64 / joint64.sum(1, keepdims=True))
+    want = np.mean([np.sum(probs64[b] * -log_decoder64[:, labels[b]]) for b in range(3)])
+    joint = I.categorical_joint(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1), jnp.asarray(labels), 2)
+    assert float(joint[0, 1]) == 0.0  # rounded to zero in float32
+    assert float(I.optimal_decoder(joint)[0, 1]) == 0.0  # so -log p(y|z) would be +inf
+    log_decoder = I.log_optimal_decoder(joint)
+    got = I.categorical_decoder_cross_entropy(jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1),
+                                              log_decoder, jnp.asarray(labels))
+    assert np.all(np.isfinite(np.asarray(got)))
+    assert float(jnp.mean(got)) == pytest.approx(want, abs=1e-6)
+
+
 def test_decoder_uncertainty_gradient_matches_appendix_a3():
     """Autodiff gradient == E_{p(x,z)}[d log p(z|x) * E_{p(y|x)} h(p(y|z))] with p(y|z) fixed."""
     logits, _, labels = random_encoder(b=30, cz=5, cy=3, seed=7)
