@@ -127,9 +127,9 @@ def main(argv=None) -> None:
           f"{platform.processor() or platform.machine()}\n")
     print("| timed | sequential (s) | seed population (s) | speed-up |")
     print("| --- | ---: | ---: | ---: |")
-    print(f"| wall, compile included | {sequential_wall:.1f} | {population_wall:.1f} | "
+    print(f"| wall, compile included | {sequential_wall:.2f} | {population_wall:.2f} | "
           f"{sequential_wall / population_wall:.2f}× |")
-    print(f"| epochs 2–{args.epochs} (steady state) | {sequential_epochs:.1f} | {population_epochs:.1f} | "
+    print(f"| epochs 2–{args.epochs} (steady state) | {sequential_epochs:.2f} | {population_epochs:.2f} | "
           f"{sequential_epochs / population_epochs:.2f}× |")
     print("\nlargest |member − standalone run with its seed| over the logged metrics, by epoch: "
           + ", ".join(f"{d:.1e}" for d in by_epoch))
