@@ -260,6 +260,65 @@ def categorical_quantities(z_probs: np.ndarray, labels: np.ndarray, num_classes:
                 h_z_estimator=H_Z_ESTIMATORS["exact"])
 
 
+def categorical_code_usage(z_probs: np.ndarray, labels: np.ndarray, decoder_log_probs: np.ndarray,
+                           num_classes: int, *, min_mass: float = 0.005) -> dict[str, float]:
+    """How an encoder uses the categories of a categorical Z, and what a merged class would pay to leave (7.1).
+
+    From p(z, y) = mean_n p(z|x_n) 1[y = y_n] (float64), with *used* categories
+    those of p(z) >= ``min_mass`` and a class *apart* when it is the majority
+    class of at least one used category:
+
+    * ``classes_apart``: the number of classes apart; the others share every
+      category they use with another class, so a decoder can only guess;
+    * ``best_accuracy``: Σ_z max_y p(z, y), the accuracy of the optimal decoder;
+    * ``effective_categories``: exp H[Z];
+    * ``merged_fraction``: the fraction of examples whose class is not apart;
+    * ``merged_cross_entropy``: their median decoder cross-entropy
+      Σ_z p(z|x_n) (−log p_Θ(y_n|z)), what they pay where they are;
+    * ``cheapest_move``: their median of min_z −log p_Θ(y_n|z) over the
+      unused categories, what an example would pay if the encoder sent it
+      wholly to the best empty category (a class that has no category of its
+      own has to pass through one). ``cheapest_move`` > ``merged_cross_entropy``
+      means that, with this decoder, every step towards an empty category
+      raises the example's loss: the merged classes sit in a local minimum.
+
+    The two medians are NaN when no class is merged (or no category is unused).
+
+    Args:
+      z_probs: ``[N, C]`` encoder probabilities p_Θ(z|x_n).
+      labels: ``[N]`` integer labels in ``[0, num_classes)``.
+      decoder_log_probs: ``[C, num_classes]`` log p_Θ(y|z) of the decoder.
+      num_classes: the number of classes.
+      min_mass: the least p(z) of a used category.
+    """
+    z_probs = np.asarray(z_probs, np.float64)
+    labels = np.asarray(labels)
+    decoder_log_probs = np.asarray(decoder_log_probs, np.float64)
+    if z_probs.ndim != 2 or labels.shape != z_probs.shape[:1]:
+        raise ValueError(f"`z_probs` must be [N, C] and `labels` [N]; got shapes {z_probs.shape} and {labels.shape}.")
+    if decoder_log_probs.shape != (z_probs.shape[1], num_classes):
+        raise ValueError(f"`decoder_log_probs` must be [C, num_classes] = [{z_probs.shape[1]}, {num_classes}]; "
+                         f"got shape {decoder_log_probs.shape}.")
+    if not 0.0 <= min_mass < 1.0:
+        raise ValueError(f"`min_mass` must lie in [0, 1); got {min_mass!r}.")
+    joint = np.zeros((z_probs.shape[1], num_classes))
+    np.add.at(joint.T, labels, z_probs)
+    joint /= len(labels)
+    p_z = joint.sum(axis=1)
+    used = p_z >= min_mass
+    apart = set(np.argmax(joint[used], axis=1).tolist())
+    merged = ~np.isin(labels, list(apart))
+    nll = -decoder_log_probs[:, labels].T                              # [N, C]: −log p_Θ(y_n|z)
+    paid = np.sum(z_probs * nll, axis=1)
+    moves = nll[:, ~used].min(axis=1) if (~used).any() else np.full(len(labels), np.nan)
+    positive = p_z[p_z > 0]
+    return {"classes_apart": len(apart), "best_accuracy": float(joint.max(axis=1).sum()),
+            "effective_categories": float(np.exp(-np.sum(positive * np.log(positive)))),
+            "merged_fraction": float(merged.mean()),
+            "merged_cross_entropy": float(np.median(paid[merged])) if merged.any() else math.nan,
+            "cheapest_move": float(np.median(moves[merged])) if merged.any() else math.nan}
+
+
 def gaussian_conditional_entropy(z_scale: jax.Array) -> jax.Array:
     """Exact Encoding Uncertainty H[Z|X] of a diagonal Gaussian encoder (nats).
 

@@ -117,3 +117,63 @@ def test_analyze_run_is_incremental_and_skips_unfinished_checkpoints(tmp_path):
 def test_analyze_rejects_a_directory_that_is_not_a_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         analysis.analyze_run(tmp_path)
+
+
+# ------------------------------------------------------------------ section 7.1: code usage of a categorical Z
+
+
+def test_categorical_code_usage_hand_checked_case():
+    # Four examples of classes 0, 1, 2, 2, each sent wholly to one category: x0 -> z0, x1, x2, x3 -> z1.
+    # z0 holds class 0; z1 holds classes 1, 2, 2 (majority 2), so class 1 is merged; z2 and z3 are empty.
+    z_probs = np.eye(4)[[0, 1, 1, 1]]
+    labels = np.array([0, 1, 2, 2])
+    q = np.array([[0.8, 0.1, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3], [0.4, 0.2, 0.4]])
+    usage = analysis.categorical_code_usage(z_probs, labels, np.log(q), 3)
+    assert usage["classes_apart"] == 2
+    assert usage["best_accuracy"] == pytest.approx(0.25 + 0.5)
+    assert usage["effective_categories"] == pytest.approx(math.exp(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75))))
+    assert usage["merged_fraction"] == pytest.approx(0.25)
+    assert usage["merged_cross_entropy"] == pytest.approx(-math.log(0.3))   # x1 pays −log q(1|z1)
+    assert usage["cheapest_move"] == pytest.approx(-math.log(0.5))          # z2 is its cheapest empty category
+
+
+def test_categorical_code_usage_matches_a_float64_loop_reference():
+    rng = np.random.default_rng(3)
+    n, c, k = 300, 12, 4
+    logits = rng.normal(size=(n, c)) * 3
+    logits[:, 8:] -= 40                                                   # categories 8-11 (nearly) empty
+    z_probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = rng.integers(0, k, size=n)
+    dec = rng.normal(size=(c, k))
+    dec_log = dec - np.log(np.exp(dec).sum(axis=1, keepdims=True))
+    usage = analysis.categorical_code_usage(z_probs.astype(np.float32), labels, dec_log, k)
+
+    joint = np.zeros((c, k))
+    for i in range(n):
+        for z in range(c):
+            joint[z, labels[i]] += z_probs[i, z] / n
+    p_z = joint.sum(axis=1)
+    used = [z for z in range(c) if p_z[z] >= 0.005]
+    apart = {int(np.argmax(joint[z])) for z in used}
+    merged = [i for i in range(n) if labels[i] not in apart]
+    assert usage["classes_apart"] == len(apart)
+    assert usage["best_accuracy"] == pytest.approx(sum(joint[z].max() for z in range(c)), rel=1e-6)
+    assert usage["effective_categories"] == pytest.approx(
+        math.exp(-sum(p * math.log(p) for p in p_z if p > 0)), rel=1e-6)
+    assert usage["merged_fraction"] == pytest.approx(len(merged) / n)
+    assert 0 < len(merged) < n   # this draw leaves one of the 4 classes merged
+    pays = [sum(z_probs[i, z] * -dec_log[z, labels[i]] for z in range(c)) for i in merged]
+    moves = [min(-dec_log[z, labels[i]] for z in range(c) if z not in used) for i in merged]
+    assert usage["merged_cross_entropy"] == pytest.approx(np.median(pays), rel=1e-6)
+    assert usage["cheapest_move"] == pytest.approx(np.median(moves), rel=1e-6)
+    # Every class apart: nothing is merged, and the two medians are NaN.
+    alone = analysis.categorical_code_usage(np.eye(c)[labels], labels, dec_log, k)
+    assert alone["classes_apart"] == k and alone["merged_fraction"] == 0.0
+    assert math.isnan(alone["merged_cross_entropy"]) and math.isnan(alone["cheapest_move"])
+
+
+def test_categorical_code_usage_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="decoder_log_probs"):
+        analysis.categorical_code_usage(np.full((2, 3), 1 / 3), np.array([0, 1]), np.zeros((4, 2)), 2)
+    with pytest.raises(ValueError, match="min_mass"):
+        analysis.categorical_code_usage(np.full((2, 3), 1 / 3), np.array([0, 1]), np.zeros((3, 2)), 2, min_mass=1.5)
