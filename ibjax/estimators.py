@@ -693,7 +693,7 @@ def mixture_entropy_bounds(
     block_size: int | None = None,
     devices: Sequence[jax.Device] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Lower and upper bounds on H[Z] for Z = μ(X) + ε, ε ~ N(0, σ² I), X uniform over N points (nats).
+    r"""Lower and upper bounds on H[Z] for Z = μ(X) + ε, ε ~ N(0, σ² I), X uniform over N points (nats).
 
     Z is then exactly an equal-weight mixture of N Gaussians N(μ_i, σ² I), and
     with H_ε = d/2 log(2πe σ²) (:func:`gaussian_noise_entropy`) the pairwise
