@@ -51,11 +51,8 @@ __all__ = [
     "cap_state",
 ]
 
-# The encoder's last dense layer, whose outputs are the latent Ẑ.
-_LAST_LAYER = {"mlp": "output", "dropout_cnn": "fc2"}
-
-#: Encoders whose latent :func:`cap_latent_entropy` can rewrite.
-CAPPABLE_ENCODERS: tuple[str, ...] = tuple(_LAST_LAYER)
+#: Encoders whose latent :func:`cap_latent_entropy` can rewrite (defined beside the encoders).
+CAPPABLE_ENCODERS: tuple[str, ...] = models.CAPPABLE_ENCODERS
 
 _LOG_2PIE = math.log(2.0 * math.pi * math.e)
 
@@ -239,7 +236,7 @@ def cap_latent_entropy(
       Kirsch, Lyle & Gal, "Unpacking Information Bottlenecks", section 7.2, Fig 4.
     """
     _check_model(model)
-    layer = _LAST_LAYER[model.encoder]
+    layer = models.LAST_DENSE_LAYER[model.encoder]
     try:
         encoder_out = params["encoder"][layer]
         decoder_out = params["decoder"]["output"]

@@ -21,6 +21,10 @@ __all__ = ["ConfigError", "LOSSES", "JOINTS", "ABSENT_MEANS", "default_config", 
 #: Valid ``objective.joint`` values: the p(y|z) that loss='decoder_uncertainty' uses.
 JOINTS: tuple[str, ...] = ("batch", "epoch")
 
+#: The default of ``train.steps_per_call``, chosen by ``benchmarks/train_step.py --chunks``
+#: (benchmarks/RESULTS.md): see there for the measurement.
+STEPS_PER_CALL: int = 100
+
 #: Valid ``objective.loss`` values.
 LOSSES: tuple[str, ...] = ("cross_entropy", "decoder_uncertainty")
 
@@ -155,6 +159,7 @@ def _validate_training(config, num_devices: int) -> None:
         _positive_int(config, field)
     _positive_int(config, "checkpoint.max_to_keep", allow_zero=True)
     _positive_int(config, "train.plateau_examples", allow_zero=True)
+    _positive_int(config, "train.steps_per_call", allow_zero=True)
     _nonneg_float(config, "train.learning_rate", positive=True)
     factor = _get(config, "train.plateau_factor")
     # optax's reduce_on_plateau rejects 1.0; a constant rate is a patience longer than the run.
@@ -176,7 +181,7 @@ def _validate_training(config, num_devices: int) -> None:
 
 
 def _validate_capping(config) -> None:
-    from ibjax.capping import CAPPABLE_ENCODERS
+    from ibjax.models import CAPPABLE_ENCODERS
 
     schedule = _get(config, "capping.schedule")
     if not isinstance(schedule, (tuple, list)) or not all(
@@ -333,6 +338,9 @@ def default_config():
     config.train.plateau_patience = 3
     config.train.plateau_examples = 60000
     config.train.progress_bar = True
+    # Training steps per compiled call (one lax.scan; 0: the whole epoch). Not part of a
+    # run's identity: a run may resume with another value. The calls share an epoch evenly.
+    config.train.steps_per_call = STEPS_PER_CALL
     config.train.tensorboard = True   # per-epoch scalars as TensorBoard event files beside metrics.jsonl
 
     # A population trains its members in one vmapped step: one per (gamma, seed) of

@@ -29,7 +29,6 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -38,9 +37,6 @@ import numpy as np
 from ibjax._sources import (_IMAGE_SHAPE, _NUM_CLASSES, _TFDS_NAME, DATASET_SOURCES, DATASETS, PATH_SOURCES,
                             SOURCES, DatasetError, DatasetFileNotFoundError, _load_cifar_pickle, _load_digits,
                             _load_idx, _load_npz, _load_tfds)
-
-if TYPE_CHECKING:
-    import ml_collections
 
 __all__ = [
     "DATASETS",
@@ -52,7 +48,6 @@ __all__ = [
     "DatasetError",
     "DatasetFileNotFoundError",
     "load_dataset",
-    "load_data",
     "pixel_permutation",
     "normalize",
     "preprocess",
@@ -399,38 +394,3 @@ def eval_batches(num_examples: int, batch_size: int) -> tuple[jax.Array, jax.Arr
     num_batches = -(-num_examples // batch_size)
     positions = jnp.arange(num_batches * batch_size, dtype=jnp.int32).reshape(num_batches, batch_size)
     return jnp.minimum(positions, num_examples - 1), positions < num_examples
-
-
-def load_data(config: ml_collections.ConfigDict) -> Dataset:
-    """The data set an experiment config names, as :func:`load_dataset` reads it.
-
-    Args:
-      config: experiment config whose ``data`` section holds ``name``,
-        ``source``, ``path`` (``""`` for none), ``split_at`` (``0`` for none),
-        ``permutation_seed`` and ``num_train`` (train on the first
-        ``num_train`` training examples; ``0`` for all; the test split is
-        unchanged); ``augment`` is applied later, on device.
-
-    Returns:
-      The :class:`Dataset` of host uint8 images and int32 labels.
-
-    Raises:
-      As :func:`load_dataset`; :class:`ibjax.config.ConfigError` naming
-      ``config.data.num_train`` if it exceeds the training set.
-    """
-    from ibjax.config import ConfigError
-
-    dataset = load_dataset(
-        config.data.name,
-        source=config.data.source,
-        path=config.data.path or None,
-        split_at=config.data.split_at or None,
-        permutation_seed=config.data.permutation_seed,
-    )
-    num_train = config.data.get("num_train", 0)
-    if num_train > len(dataset.y_train):
-        raise ConfigError(f"config.data.num_train={num_train} exceeds the {len(dataset.y_train)} training examples "
-                         f"of {config.data.name!r}; use 0 for all.")
-    if num_train:
-        dataset = dataclasses.replace(dataset, x_train=dataset.x_train[:num_train], y_train=dataset.y_train[:num_train])
-    return dataset

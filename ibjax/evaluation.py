@@ -1,7 +1,9 @@
 """Evaluation: whole-split metrics of every member, and batched passes over a split.
 
-:func:`evaluate` runs a compiled eval step over every example of a split
-once (the last batch padded and masked), for all members of a run at once.
+:func:`make_evaluator` compiles one pass over every example of a split
+(a ``lax.scan`` over its batches, the last padded and masked) for all
+members of a run at once: no per-batch dispatch from Python.
+:func:`evaluate` turns its sums into means.
 :func:`evaluate_train_exact` is the exact categorical evaluation of the
 training set behind Figure 3: H_Θ[Y|Z], H_Θ[Y|X], accuracy and the joint
 p(z, y), and for a run that minimises H[Y|Z] directly the optimal decoder
@@ -23,30 +25,36 @@ from ibjax import data as datalib
 from ibjax import information, losses, models
 from ibjax.step import categorical_terms, correct, forward
 
-__all__ = ["make_eval_step", "evaluate", "evaluate_train_exact", "map_batches"]
+__all__ = ["make_evaluator", "summarize", "evaluate", "evaluate_train_exact", "map_batches"]
 
 _SUMS = ("count", "decoder_cross_entropy", "prediction_cross_entropy", "correct")
 
-# Every member's key folded with a batch index; module-level so it compiles once, not per evaluation.
-_fold_members = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
 
+def make_evaluator(model, config, num_classes: int, mesh: Mesh, batch_size: int) -> Callable:
+    """The jitted whole-split pass ``(state, images, labels, rng, decoder=None, *, optimal_decoder=False)``.
 
-def make_eval_step(model, config, num_classes: int, mesh: Mesh) -> Callable:
-    """The jitted eval step ``(state, totals, images, labels, batch_idx, mask, rng, decoder) -> totals``.
+    One compiled call evaluates every example of a split once, for every
+    member: a ``lax.scan`` over the split's batches of ``batch_size`` (the
+    last one padded and masked), batch ``i`` with the key ``fold_in(rng_m, i)``
+    of member ``m``, summing correct predictions, the decoder and prediction
+    cross-entropies, the count, and for a categorical latent the joint
+    p(z, y) (unnormalised). ``state``, ``rng`` (a key per member) and
+    ``decoder`` carry the member axis; ``images``/``labels`` are the split on
+    the device. ``decoder`` ``[M, C, num_classes]``, if given, replaces the
+    learnt decoder matrix log p_Θ(ŷ|z). With ``optimal_decoder`` (a
+    categorical run that minimises H[Y|Z], section 5.4) the same call makes a
+    second pass with the decoder fixed to p(y|z) of the first pass's joint.
 
-    Sums over the real (``mask``) examples, per member: correct predictions,
-    decoder and prediction cross-entropies, the count, and for a categorical
-    latent the joint p(z, y) (unnormalised). ``state``, ``totals``, ``rng``
-    (a key per member) and ``decoder`` carry the member axis. ``decoder`` ``[M, C, num_classes]``, if
-    not None, replaces the learnt decoder matrix log p_Θ(ŷ|z) (the optimal
-    decoder of a run that minimises H[Y|Z] directly, section 5.4).
+    Returns:
+      ``(sums, joint, decoder)``: the sums ``[M]`` (and ``"joint"``
+      ``[M, C, num_classes]``) of the last pass, the first pass's normalised
+      joint (None for a continuous latent) and the log optimal decoder (None
+      without ``optimal_decoder``), all on the device.
     """
     batch_sharding = NamedSharding(mesh, P("data"))
     categorical = config.model.latent == "categorical"
 
-    def eval_step(state, totals, images, labels, batch_idx, mask, rng, decoder):
-        batch_idx = jax.lax.with_sharding_constraint(batch_idx, batch_sharding)
-        x, y = images[batch_idx], labels[batch_idx]
+    def batch_sums(state, x, y, mask, rng, decoder):
         out, _ = forward(model, config, state.params, state.batch_stats, x, rng, train=False)
         w = mask.astype(jnp.float32)
         sums = {"count": jnp.sum(w)}
@@ -62,62 +70,76 @@ def make_eval_step(model, config, num_classes: int, mesh: Mesh) -> Callable:
         sums["decoder_cross_entropy"] = jnp.sum(dce)
         sums["prediction_cross_entropy"] = jnp.sum(pce)
         sums["correct"] = jnp.sum(correct(out["logits"], y) * w)
-        return jax.tree.map(jnp.add, totals, sums)
+        return sums
 
-    mapped = jax.vmap(eval_step, in_axes=(0, 0, None, None, None, None, 0, 0))
-    return jax.jit(mapped, donate_argnums=(1,))
+    def member_pass(state, images, labels, rng, decoder):
+        idx, mask = datalib.eval_batches(int(images.shape[0]), batch_size)
+
+        def one_batch(totals, batch):
+            i, batch_idx, batch_mask = batch
+            batch_idx = jax.lax.with_sharding_constraint(batch_idx, batch_sharding)
+            sums = batch_sums(state, images[batch_idx], labels[batch_idx], batch_mask,
+                              jax.random.fold_in(rng, i), decoder)
+            return jax.tree.map(jnp.add, totals, sums), None
+
+        zeros = {k: jnp.zeros((), jnp.float32) for k in _SUMS}
+        if categorical:
+            zeros["joint"] = jnp.zeros((config.model.latent_dim, num_classes), jnp.float32)
+        totals, _ = jax.lax.scan(one_batch, zeros, (jnp.arange(idx.shape[0]), idx, mask))
+        return totals
+
+    every_member = jax.vmap(member_pass, in_axes=(0, None, None, 0, 0))
+
+    def evaluate_split(state, images, labels, rng, decoder=None, *, optimal_decoder=False):
+        sums = every_member(state, images, labels, rng, decoder)
+        joint = sums["joint"] / sums["count"][:, None, None] if categorical else None
+        if not optimal_decoder:
+            return sums, joint, None
+        decoder = jax.vmap(information.log_optimal_decoder)(joint)
+        return every_member(state, images, labels, rng, decoder), joint, decoder
+
+    return jax.jit(evaluate_split, static_argnames=("optimal_decoder",))
 
 
-def evaluate(eval_step: Callable, state, images, labels, *, batch_size: int, rng: jax.Array, sharding,
-             num_members: int, joint_shape: tuple[int, int] | None = None, decoder=None) -> dict[str, np.ndarray]:
-    """Means of ``eval_step`` over every example of a split, each counted once, per member.
+def summarize(sums: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Means per member from the sums of an evaluator: accuracy and the two cross-entropies ``[M]``."""
+    sums = jax.device_get(sums)
+    n = sums["count"]
+    return {"accuracy": sums["correct"] / n, "decoder_cross_entropy": sums["decoder_cross_entropy"] / n,
+            "prediction_cross_entropy": sums["prediction_cross_entropy"] / n}
 
-    ``rng`` holds a key per member ``[M]``; batch ``i`` uses ``fold_in(key, i)``.
+
+def evaluate(evaluator: Callable, state, images, labels, *, rng: jax.Array,
+             decoder=None) -> dict[str, np.ndarray]:
+    """Means of ``evaluator`` (:func:`make_evaluator`) over every example of a split, each counted once, per member.
 
     Returns:
       ``{"accuracy", "decoder_cross_entropy", "prediction_cross_entropy"}``,
-      each ``[M]``, and ``"joint"`` ``[M, C, num_classes]`` (normalised) when
-      ``joint_shape`` is given.
+      each ``[M]``, and for a categorical latent ``"joint"``
+      ``[M, C, num_classes]`` (normalised).
     """
-    idx, mask = jax.device_put(datalib.eval_batches(int(images.shape[0]), batch_size), sharding)
-    totals = {k: jnp.zeros((num_members,), jnp.float32) for k in _SUMS}
-    if joint_shape is not None:
-        totals["joint"] = jnp.zeros((num_members, *joint_shape), jnp.float32)
-    totals = jax.device_put(totals, sharding)
-    for i in range(idx.shape[0]):
-        totals = eval_step(state, totals, images, labels, idx[i], mask[i], _fold_members(rng, i), decoder)
-    totals = jax.device_get(totals)
-    n = totals.pop("count")
-    summary = {k: v / n for k, v in totals.items() if k != "joint"}
-    summary["accuracy"] = summary.pop("correct")
-    if "joint" in totals:
-        summary["joint"] = totals["joint"] / n[:, None, None]
+    sums, joint, _ = evaluator(state, images, labels, rng, decoder)
+    summary = summarize(sums)
+    if joint is not None:
+        summary["joint"] = np.asarray(jax.device_get(joint))
     return summary
 
 
-def evaluate_train_exact(eval_step: Callable, state, images, labels, *, optimal_decoder: bool,
-                         **kwargs: Any) -> tuple[dict[str, np.ndarray], jax.Array | None]:
+def evaluate_train_exact(evaluator: Callable, state, images, labels, *, rng: jax.Array,
+                         optimal_decoder: bool) -> tuple[dict[str, np.ndarray], jax.Array | None]:
     """Exact train-set quantities of a categorical latent in eval mode (Figure 3).
 
     With ``optimal_decoder`` (a run that minimises H[Y|Z] directly, section
     5.4) the decoder is fixed to p(y|z) of the training set's joint and the
-    metrics are recomputed with it.
-
-    Args:
-      eval_step, state, images, labels: as for :func:`evaluate`.
-      optimal_decoder: evaluate with the optimal decoder.
-      **kwargs: the keyword arguments of :func:`evaluate` (``joint_shape`` required).
+    metrics are recomputed with it, in the same compiled call.
 
     Returns:
-      The summary (with ``"joint"``) and the log optimal decoder
-      ``[M, C, num_classes]`` on the device, or None.
+      The summary (with ``"joint"``, the training set's p(z, y) ``[M, C,
+      num_classes]``) and the log optimal decoder ``[M, C, num_classes]`` on
+      the device, or None.
     """
-    summary = evaluate(eval_step, state, images, labels, **kwargs)
-    if not optimal_decoder:
-        return summary, None
-    decoder = jax.device_put(jax.vmap(information.log_optimal_decoder)(jnp.asarray(summary["joint"])),
-                             kwargs["sharding"])
-    return dict(evaluate(eval_step, state, images, labels, decoder=decoder, **kwargs), joint=summary["joint"]), decoder
+    sums, joint, decoder = evaluator(state, images, labels, rng, optimal_decoder=optimal_decoder)
+    return dict(summarize(sums), joint=np.asarray(jax.device_get(joint))), decoder
 
 
 def map_batches(fn: Callable, images, batch_size: int, *, rng: jax.Array | None = None,

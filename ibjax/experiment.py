@@ -13,7 +13,7 @@ Example:
   >>> config = configlib.default_config()
   >>> run = experiment.setup(config)
   >>> state = run.init_state()               # member axis [M] = [1]
-  >>> step = run.train_step()                # compiled once per run
+  >>> steps = run.train_steps()              # K steps a call, compiled once per run
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from ibjax import config as configlib
 from ibjax import data as datalib
 from ibjax import evaluation, models, step, workdir as workdirlib
 
-__all__ = ["Experiment", "is_population", "member_configs", "member_workdirs", "setup", "put", "RunCheckpoints",
-           "restore_run"]
+__all__ = ["Experiment", "is_population", "member_configs", "member_workdirs", "setup", "load_data", "put",
+           "RunCheckpoints", "restore_run"]
 
 
 def is_population(config: ml_collections.ConfigDict) -> bool:
@@ -161,15 +161,24 @@ class Experiment:
         return jax.device_put(step.stack_members(states), self.replicated)
 
     def epoch_batches(self, epoch: int) -> jax.Array:
-        """The epoch's batch indices on the device: ``[steps, B]`` shared by every member, or ``[steps, M, B]``."""
+        """The epoch's batch indices on the device: ``[steps, B]`` shared by every member, or ``[steps, M, B]``.
+
+        One compiled call per epoch draws every member's permutation on the device.
+        """
+        return self._epoch_batches(self.keys()["shuffle"], epoch)
+
+    @functools.cached_property
+    def _epoch_batches(self) -> Callable[[jax.Array, int], jax.Array]:
         n, size = self.dataset.x_train.shape[0], self.config.train.batch_size
-        shuffle = self.keys()["shuffle"]
-        if self.shared_data_order:
-            batches, spec = datalib.epoch_batches(jax.random.fold_in(shuffle[0], epoch), n, size), P(None, "data")
-        else:
-            batches = jnp.stack([datalib.epoch_batches(jax.random.fold_in(k, epoch), n, size) for k in shuffle], 1)
-            spec = P(None, None, "data")
-        return jax.device_put(batches, NamedSharding(self.mesh, spec))
+        shared = self.shared_data_order
+
+        def draw(shuffle, epoch):
+            if shared:
+                return datalib.epoch_batches(jax.random.fold_in(shuffle[0], epoch), n, size)
+            return jnp.stack([datalib.epoch_batches(jax.random.fold_in(k, epoch), n, size) for k in shuffle], 1)
+
+        spec = P(None, "data") if shared else P(None, None, "data")
+        return jax.jit(draw, out_shardings=NamedSharding(self.mesh, spec))
 
     def state_template(self) -> step.TrainState:
         """Shapes, dtypes and shardings of one member's state, for restoring a checkpoint (nothing is computed)."""
@@ -190,14 +199,67 @@ class Experiment:
         return step.make_train_step(self.model, self.tx, self.config, self.num_classes, self.mesh,
                                     member_map=member_map)
 
-    def eval_step(self) -> Callable:
-        """The jitted eval step of :func:`ibjax.evaluation.make_eval_step` for this run."""
-        return evaluation.make_eval_step(self.model, self.config, self.num_classes, self.mesh)
+    @property
+    def steps_per_call(self) -> int:
+        """K, the steps of one compiled training call: ``train.steps_per_call`` balanced over the epoch.
+
+        ``train.steps_per_call`` (0: the whole epoch) sets how many calls an
+        epoch takes, ⌈steps / K⌉; the calls then share the epoch's steps
+        evenly, so the last one is not mostly masked (469 steps at K = 100:
+        5 calls of 94, not 4 of 100 and one of 69 padded to 100).
+        """
+        requested = self.config.train.get("steps_per_call", 0) or self.steps_per_epoch
+        calls = -(-self.steps_per_epoch // min(requested, self.steps_per_epoch))
+        return -(-self.steps_per_epoch // calls)
+
+    def train_steps(self, num_steps: int | None = None, member_map: str = "vmap") -> Callable:
+        """The jitted K-step function of :func:`ibjax.step.make_train_steps` (default K: :attr:`steps_per_call`)."""
+        return step.make_train_steps(self.model, self.tx, self.config, self.num_classes, self.mesh,
+                                     self.steps_per_call if num_steps is None else num_steps, member_map=member_map)
+
+    def evaluator(self) -> Callable:
+        """The jitted whole-split pass of :func:`ibjax.evaluation.make_evaluator` for this run."""
+        return evaluation.make_evaluator(self.model, self.config, self.num_classes, self.mesh,
+                                         self.config.train.eval_batch_size)
 
     def device_data(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """``(x_train, y_train, x_test, y_test)`` replicated on the mesh."""
         d = self.dataset
         return tuple(put(x, self.replicated) for x in (d.x_train, d.y_train, d.x_test, d.y_test))
+
+
+def load_data(config: ml_collections.ConfigDict) -> datalib.Dataset:
+    """The data set an experiment config names, as :func:`ibjax.data.load_dataset` reads it.
+
+    Args:
+      config: experiment config whose ``data`` section holds ``name``,
+        ``source``, ``path`` (``""`` for none), ``split_at`` (``0`` for none),
+        ``permutation_seed`` and ``num_train`` (train on the first
+        ``num_train`` training examples; ``0`` for all; the test split is
+        unchanged); ``augment`` is applied later, on device.
+
+    Returns:
+      The :class:`ibjax.data.Dataset` of host uint8 images and int32 labels.
+
+    Raises:
+      As :func:`ibjax.data.load_dataset`; :class:`ibjax.config.ConfigError`
+      naming ``config.data.num_train`` if it exceeds the training set.
+    """
+    dataset = datalib.load_dataset(
+        config.data.name,
+        source=config.data.source,
+        path=config.data.path or None,
+        split_at=config.data.split_at or None,
+        permutation_seed=config.data.permutation_seed,
+    )
+    num_train = config.data.get("num_train", 0)
+    if num_train > len(dataset.y_train):
+        raise configlib.ConfigError(
+            f"config.data.num_train={num_train} exceeds the {len(dataset.y_train)} training examples "
+            f"of {config.data.name!r}; use 0 for all.")
+    if num_train:
+        dataset = dataclasses.replace(dataset, x_train=dataset.x_train[:num_train], y_train=dataset.y_train[:num_train])
+    return dataset
 
 
 def put(x, sharding: NamedSharding) -> jax.Array:
@@ -228,7 +290,7 @@ def setup(config: ml_collections.ConfigDict, *, dataset: datalib.Dataset | None 
     """
     mesh = step.make_mesh() if mesh is None else mesh
     configlib.validate(config, num_devices=mesh.size)
-    dataset = datalib.load_data(config) if dataset is None else dataset
+    dataset = load_data(config) if dataset is None else dataset
     num_train = dataset.x_train.shape[0]
     steps_per_epoch = num_train // config.train.batch_size
     if steps_per_epoch < 1:

@@ -35,6 +35,11 @@ ENCODERS = ("mlp", "dropout_cnn", "resnet18")
 LATENTS = ("continuous", "categorical", "vib")
 DECODERS = ("linear", "categorical_mlp")
 DTYPES = ("float32", "bfloat16")
+#: Each encoder's last dense layer, whose outputs are the latent Ẑ: the layer
+#: that entropy capping (section 7.2, :mod:`ibjax.capping`) rescales.
+LAST_DENSE_LAYER: dict[str, str] = {"mlp": "output", "dropout_cnn": "fc2"}
+#: Encoders whose latent entropy capping can rewrite (those with a last dense layer).
+CAPPABLE_ENCODERS: tuple[str, ...] = tuple(LAST_DENSE_LAYER)
 #: Parameter initialisations: Flax's defaults (lecun-normal kernels, zero biases)
 #: or PyTorch's ``reset_parameters`` of ``nn.Linear``/``nn.Conv2d``, which the paper used.
 PARAM_INITS = ("flax", "pytorch")

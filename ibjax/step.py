@@ -53,6 +53,8 @@ __all__ = [
     "metric_names",
     "uses_data_joint",
     "zero_totals",
+    "train_steps_fn",
+    "make_train_steps",
     "train_step_fn",
     "make_train_step",
 ]
@@ -288,36 +290,31 @@ def _unsqueeze(tree):
     return jax.tree.map(lambda x: x.reshape((1, *x.shape)), tree)
 
 
-def train_step_fn(model, tx, config, num_classes: int, mesh: Mesh, *, member_map: str = "vmap") -> Callable:
-    """The pure train step ``(state, totals, images, labels, batch_idx, rng, gamma[, data_decoder]) -> (state, totals)``.
+def train_steps_fn(model, tx, config, num_classes: int, mesh: Mesh, num_steps: int, *,
+                   member_map: str = "vmap") -> Callable:
+    """The pure K-step function ``(state, totals, images, labels, batches, first, rng, gamma[, data_decoder])``.
 
-    ``state``, ``totals``, ``rng`` (one key per member) and ``gamma`` carry a
-    leading member axis; ``images``/``labels`` are the whole (replicated)
-    training set on device. ``batch_idx`` picks the batch, sharded over the
-    mesh: ``[B]`` is one batch every member trains on (a γ-population, whose
-    members also share their keys), ``[M, B]`` one batch per member (a seed
-    population, whose members are independent trials). ``data_decoder``
-    ``[M, C, num_classes]`` is the log p(y|z) of the training set's joint for
-    ``objective.joint='epoch'`` (see :func:`objective`); None otherwise.
-
-    Before the update is applied, the cross-entropy, the regulariser, the
-    loss and the gradient norm are checked for NaN/Inf. A bad step changes
-    nothing: every member's state stays at its last good value,
-    ``totals["bad_step"]`` records the step and ``totals["bad_terms"]`` a bit
-    per bad term (:data:`WATCHED_TERMS`) of each member that went bad, and
-    every later step is skipped, so the host can report it at the end of the
-    epoch without a round-trip per step.
+    Runs the steps ``first, first + 1, …, first + num_steps − 1`` of an epoch
+    in one ``lax.scan``, each exactly the step of :func:`train_step_fn` (the
+    same per-step keys ``fold_in(rng, state.step)``, metric totals and
+    NaN/Inf guard), and returns ``(state, totals, first + num_steps)``.
+    ``batches`` is the epoch's batch indices on the device, ``[steps, B]``
+    shared by every member or ``[steps, M, B]`` one batch per member (see
+    :func:`train_step_fn`); each step takes its row inside the compiled
+    function. Steps at or past ``steps`` are skipped (a masked tail: the state
+    and totals pass through unchanged), so one executable serves full
+    epochs, resumed partial epochs and an epoch's last, shorter chunk.
+    ``first`` is an int32 scalar on the device; the returned position feeds
+    the next call without a transfer from the host.
 
     Args:
-      model, tx: the :class:`ibjax.models.IBModel` and the optimiser.
-      config: the experiment config (objective, data and model sections).
-      num_classes: classes of the data set.
-      mesh: the ``'data'`` mesh the batch is sharded over.
-      member_map: one of :data:`MEMBER_MAPS`.
+      model, tx, config, num_classes, mesh, member_map: as for :func:`train_step_fn`.
+      num_steps: K, the steps of one call (static).
     """
     if member_map not in MEMBER_MAPS:
         raise ValueError(f"`member_map` must be one of {MEMBER_MAPS}; got {member_map!r}.")
-    batch_sharding = NamedSharding(mesh, P("data"))
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise ValueError(f"`num_steps` must be a positive int; got {num_steps!r}.")
     names = metric_names(config)
     ce_name = ("decoder_uncertainty" if config.objective.loss == "decoder_uncertainty"
                else f"{config.objective.cross_entropy}_cross_entropy")
@@ -341,11 +338,12 @@ def train_step_fn(model, tx, config, num_classes: int, mesh: Mesh, *, member_map
         return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                              batch_stats=new_batch_stats, opt_state=opt_state)
 
-    def guarded(state, totals, x, y, rng, gamma, data_decoder, member_gradients, member_update):
+    def guarded(state, totals, x, y, rng, gamma, data_decoder, active, member_gradients, member_update):
         grads, loss, metrics, new_batch_stats, bad_bits = member_gradients(state, x, y, rng, gamma, data_decoder)
         healthy = jnp.all(totals["bad_step"] < 0)
-        ok = jnp.all(bad_bits == 0) & healthy
-        first_bad = (bad_bits > 0) & healthy
+        # A masked step (past the epoch's end) is computed but neither applied nor counted.
+        ok = jnp.all(bad_bits == 0) & healthy & active
+        first_bad = (bad_bits > 0) & healthy & active
         new_state = jax.lax.cond(ok, lambda s: member_update(s, grads, loss, new_batch_stats), lambda s: s, state)
         new_totals = {k: totals[k] + jnp.where(ok, metrics[k], 0.0) for k in names}
         new_totals["steps"] = totals["steps"] + ok
@@ -353,23 +351,85 @@ def train_step_fn(model, tx, config, num_classes: int, mesh: Mesh, *, member_map
         new_totals["bad_terms"] = jnp.where(first_bad, bad_bits, totals["bad_terms"])
         return new_state, new_totals
 
+    def train_steps(state, totals, images, labels, batches, first, rng, gamma, data_decoder=None):
+        shared = batches.ndim == 2
+        spec = P("data") if shared else P(None, "data")
+        num_batches = batches.shape[0]
+        # One member runs the unbatched step between two free reshapes: inside the
+        # conditional update, a leading axis of 1 makes XLA copy every parameter and
+        # optimiser buffer each step (2x the step time of the MLP on a CPU).
+        single = state.step.shape[0] == 1
+        if single:
+            state, totals, rng, gamma, data_decoder = _squeeze((state, totals, rng, gamma, data_decoder))
+            member_gradients, member_update = gradients, update
+        else:
+            data_axis = None if shared else 0
+            member_gradients = _map_members(gradients, (0, data_axis, data_axis, 0, 0, 0), member_map)
+            member_update = _map_members(update, (0, 0, 0, 0), member_map)
+
+        def one_step(carry, position):
+            state, totals = carry
+            active = position < num_batches
+            batch_idx = jax.lax.dynamic_index_in_dim(batches, jnp.minimum(position, num_batches - 1), keepdims=False)
+            batch_idx = jax.lax.with_sharding_constraint(batch_idx, NamedSharding(mesh, spec))
+            x, y = images[batch_idx], labels[batch_idx]
+            if single and not shared:
+                x, y = x[0], y[0]
+            return guarded(state, totals, x, y, rng, gamma, data_decoder, active, member_gradients,
+                           member_update), None
+
+        positions = first + jnp.arange(num_steps, dtype=jnp.int32)
+        (state, totals), _ = jax.lax.scan(one_step, (state, totals), positions)
+        if single:
+            state, totals = _unsqueeze((state, totals))
+        return state, totals, first + num_steps
+
+    return train_steps
+
+
+def make_train_steps(model, tx, config, num_classes: int, mesh: Mesh, num_steps: int, *,
+                     member_map: str = "vmap") -> Callable:
+    """:func:`train_steps_fn`, jitted with state and totals donated (pass them positionally)."""
+    return jax.jit(train_steps_fn(model, tx, config, num_classes, mesh, num_steps, member_map=member_map),
+                   donate_argnums=(0, 1))
+
+
+def train_step_fn(model, tx, config, num_classes: int, mesh: Mesh, *, member_map: str = "vmap") -> Callable:
+    """The pure train step ``(state, totals, images, labels, batch_idx, rng, gamma[, data_decoder]) -> (state, totals)``.
+
+    ``state``, ``totals``, ``rng`` (one key per member) and ``gamma`` carry a
+    leading member axis; ``images``/``labels`` are the whole (replicated)
+    training set on device. ``batch_idx`` picks the batch, sharded over the
+    mesh: ``[B]`` is one batch every member trains on (a γ-population, whose
+    members also share their keys), ``[M, B]`` one batch per member (a seed
+    population, whose members are independent trials). ``data_decoder``
+    ``[M, C, num_classes]`` is the log p(y|z) of the training set's joint for
+    ``objective.joint='epoch'`` (see :func:`objective`); None otherwise.
+
+    Before the update is applied, the cross-entropy, the regulariser, the
+    loss and the gradient norm are checked for NaN/Inf. A bad step changes
+    nothing: every member's state stays at its last good value,
+    ``totals["bad_step"]`` records the step and ``totals["bad_terms"]`` a bit
+    per bad term (:data:`WATCHED_TERMS`) of each member that went bad, and
+    every later step is skipped, so the host can report it at the end of the
+    epoch without a round-trip per step.
+
+    It is :func:`train_steps_fn` with K = 1 on a one-row epoch: the training
+    loop runs K steps a call; this form serves tests and benchmarks.
+
+    Args:
+      model, tx: the :class:`ibjax.models.IBModel` and the optimiser.
+      config: the experiment config (objective, data and model sections).
+      num_classes: classes of the data set.
+      mesh: the ``'data'`` mesh the batch is sharded over.
+      member_map: one of :data:`MEMBER_MAPS`.
+    """
+    steps = train_steps_fn(model, tx, config, num_classes, mesh, 1, member_map=member_map)
+
     def step(state, totals, images, labels, batch_idx, rng, gamma, data_decoder=None):
-        shared = batch_idx.ndim == 1
-        batch_idx = jax.lax.with_sharding_constraint(
-            batch_idx, batch_sharding if shared else NamedSharding(mesh, P(None, "data")))
-        x, y = images[batch_idx], labels[batch_idx]
-        if state.step.shape[0] == 1:
-            # One member runs the unbatched step between two free reshapes: inside the
-            # conditional update, a leading axis of 1 makes XLA copy every parameter and
-            # optimiser buffer each step (2x the step time of the MLP on a CPU).
-            data = (x, y) if shared else (x[0], y[0])
-            new_state, new_totals = guarded(_squeeze(state), _squeeze(totals), *data, _squeeze(rng), _squeeze(gamma),
-                                            _squeeze(data_decoder), gradients, update)
-            return _unsqueeze(new_state), _unsqueeze(new_totals)
-        data_axis = None if shared else 0
-        return guarded(state, totals, x, y, rng, gamma, data_decoder,
-                       _map_members(gradients, (0, data_axis, data_axis, 0, 0, 0), member_map),
-                       _map_members(update, (0, 0, 0, 0), member_map))
+        state, totals, _ = steps(state, totals, images, labels, batch_idx[None], jnp.zeros((), jnp.int32), rng,
+                                 gamma, data_decoder)
+        return state, totals
 
     return step
 

@@ -13,15 +13,27 @@ one member in ``workdir``; ``config.population.gammas`` trains one member per
 ``workdir/memberNN_gammaG`` (:func:`ibjax.workdir.member_workdir`).
 
 Throughput: the data set lives on the device(s), each epoch's batch indices
-are drawn on the device, the step is compiled once ahead of time with its
-state donated, and metrics stay on the device until the epoch ends.
+are drawn on the device in one call, and the training runs K steps a call
+(``train.steps_per_call``; :func:`ibjax.step.train_steps_fn`: a ``lax.scan``
+that takes each batch from the epoch's indices inside the compiled function),
+compiled once ahead of time with its state donated. Metrics stay on the
+device until the epoch ends; evaluation is one compiled pass per split. The
+host decides when (epochs, checkpoints, signals, the progress bar, once per
+call), the device what.
+
+The loop reads top to bottom: :func:`train_and_evaluate` checks and claims
+the workdir, then restores or initialises the state, and for every epoch
+:func:`train_epoch`, :func:`end_epoch` (capping and evaluation),
+:func:`write_records` and a checkpoint. What one epoch hands to the next
+(the state, and the training set's p(y|z) of ``objective.joint='epoch'``) is
+passed and returned.
 
 Multi-process (``jax.distributed``, :func:`initialize_distributed`): the mesh
 spans every process's devices and each process feeds its shard of the global
 batch; every process runs the same loop, process 0 alone writes
 ``config.json``, ``metrics.jsonl``, TensorBoard files and the lock and prints,
 every process takes part in each checkpoint (Orbax's multi-host protocol), and
-a stop request to any process is agreed on after every step, so all stop at
+a stop request to any process is agreed on once per call, so all stop at
 the same step with one mid-epoch checkpoint.
 """
 
@@ -33,10 +45,9 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -44,7 +55,7 @@ from ibjax import capping, evaluation
 from ibjax import config as configlib
 from ibjax import data as datalib
 from ibjax import experiment as experimentlib
-from ibjax import information
+from ibjax import records as recordslib
 from ibjax import step as steplib
 from ibjax import tensorboard
 from ibjax import workdir as workdirlib
@@ -52,7 +63,8 @@ from ibjax.io import append_jsonl, read_jsonl, write_jsonl
 from ibjax.step import NonFiniteError
 from ibjax.workdir import WorkdirError
 
-__all__ = ["train_and_evaluate", "initialize_distributed", "NonFiniteError", "WorkdirError"]
+__all__ = ["train_and_evaluate", "initialize_distributed", "train_epoch", "end_epoch", "write_records",
+           "NonFiniteError", "WorkdirError"]
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -85,6 +97,7 @@ def train_and_evaluate(
     workdir: str | os.PathLike,
     *,
     stop_after_epoch: int | None = None,
+    stop_after_step: int | None = None,
     allow_num_epochs_change: bool = False,
     dataset: datalib.Dataset | None = None,
 ) -> dict[str, Any]:
@@ -94,13 +107,13 @@ def train_and_evaluate(
     the latest checkpoint; a different config is refused with the differing
     fields listed, so one run never overwrites another's checkpoints. The
     workdir is claimed (``config.json`` written) only after every check that
-    can fail has passed: the config's fields, the workdir, the data set and
-    the batch size. A live run holds ``workdir/lock``.
+    can fail has passed: the config's fields, the data set, the batch size
+    and the workdir. A live run holds ``workdir/lock``.
 
-    SIGTERM/SIGINT finish the current step, save a mid-epoch checkpoint and
-    return ``{"preempted": True, ...}``; the same call resumes exactly there.
-    In a multi-process run a signal to any process stops every process at the
-    same step.
+    SIGTERM/SIGINT finish the current call of K steps, save a mid-epoch
+    checkpoint and return ``{"preempted": True, ...}``; the same call resumes
+    exactly there (with any ``train.steps_per_call``). In a multi-process run
+    a signal to any process stops every process at the same step.
     A NaN/Inf in the loss, regulariser, cross-entropy or gradient norm raises
     :class:`NonFiniteError` before the bad update is applied or anything saved.
 
@@ -110,6 +123,9 @@ def train_and_evaluate(
         ``checkpoints/``.
       stop_after_epoch: stop (after checkpointing) once this epoch is done, as
         if interrupted; a later call resumes.
+      stop_after_step: stop with a mid-epoch checkpoint at the first boundary
+        between two calls at or after this optimiser step of the run, as a
+        signal would; a later call resumes there.
       allow_num_epochs_change: resume even if ``train.num_epochs`` differs from
         the stored config (to extend a finished run).
       dataset: train on these arrays instead of the data set ``config.data``
@@ -123,228 +139,261 @@ def train_and_evaluate(
     """
     if config.get("distributed", False):
         initialize_distributed()
-    configlib.validate(config, num_devices=jax.device_count())
+    experiment = experimentlib.setup(config, dataset=dataset)  # validates the config, loads the data
     workdir = Path(workdir).absolute()  # Orbax needs absolute paths
-    members = experimentlib.member_configs(config)
     run_dirs = experimentlib.member_workdirs(config, workdir)
-    workdirlib.check_workdir(workdir, config, allow_num_epochs_change)
-    if run_dirs != [workdir]:
-        for member, directory in zip(members, run_dirs):
-            workdirlib.check_workdir(directory, member, allow_num_epochs_change)
-    experiment = experimentlib.setup(config, dataset=dataset)
+    claims = [(workdir, config)] + ([] if run_dirs == [workdir] else list(zip(run_dirs, experiment.members)))
+    for directory, member in claims:
+        workdirlib.check_workdir(directory, member, allow_num_epochs_change)
 
-    with workdirlib.WorkdirLock(workdir), workdirlib.StopRequests() as stop:
-        workdirlib.claim_workdir(workdir, config)
-        if run_dirs != [workdir]:
-            for member, directory in zip(members, run_dirs):
-                workdirlib.claim_workdir(directory, member)
-        with contextlib.ExitStack() as cleanup:
-            loop = _Loop(experiment, workdir, run_dirs, stop, cleanup)
-            return loop.run(stop_after_epoch)
+    with workdirlib.WorkdirLock(workdir), workdirlib.StopRequests() as stop, contextlib.ExitStack() as cleanup:
+        for directory, member in claims:
+            workdirlib.claim_workdir(directory, member)
+        run = open_run(experiment, workdir, run_dirs, stop, cleanup)
+        state, start_epoch = restore_or_init(run)
+        drop_records_after(run, start_epoch)
+        # objective.joint='epoch': the training set's p(y|z) at the state training continues
+        # from (an interrupted epoch restarts from this state's checkpoint too); None otherwise.
+        data_decoder = epoch_decoder(run, state) if steplib.uses_data_joint(config) else None
+        compile_start = time.perf_counter()
+        train_steps = experiment.train_steps().lower(
+            state, experiment.zero_totals(), run.x_train, run.y_train, experiment.epoch_batches(1),
+            experimentlib.put(np.int32(0), experiment.replicated), run.train_key, run.gamma, data_decoder).compile()
+        compile_seconds = time.perf_counter() - compile_start
+
+        num_epochs, last_saved, records = config.train.num_epochs, start_epoch, []
+        for epoch in range(start_epoch + 1, num_epochs + 1):
+            epoch_start = time.perf_counter()
+            state, totals, preempted = train_epoch(run, train_steps, state, epoch, data_decoder, last_saved,
+                                                   stop_after_step)
+            if preempted:
+                return preempted
+            train_seconds = time.perf_counter() - epoch_start
+            state, evaluations, data_decoder = end_epoch(run, state, epoch, data_decoder)
+            timing = dict(examples_per_sec=experiment.num_members * experiment.steps_per_epoch
+                          * config.train.batch_size / train_seconds,
+                          epoch_seconds=time.perf_counter() - epoch_start)
+            if epoch == start_epoch + 1:
+                timing["compile_seconds"] = compile_seconds
+            records = write_records(run, state, totals, epoch, evaluations, timing)
+            # A signal that arrived after the epoch's last step stops here, with the epoch checkpointed.
+            stopping = epoch < num_epochs and stop.agreed() is not None
+            if epoch % config.checkpoint.every_epochs == 0 or epoch in (num_epochs, stop_after_epoch) or stopping:
+                save(run, state, epoch, records)
+                last_saved = epoch
+            workdirlib.clear_preempted(workdir)
+            if stopping:
+                return preempted_result(run, epoch, experiment.steps_per_epoch)
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                break
+        return final_result(run, records)
 
 
-@dataclasses.dataclass
-class _Loop:
-    """One call of :func:`train_and_evaluate` after the workdir is claimed."""
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What stays fixed while a claimed run trains: the experiment, its directories, data and functions."""
 
     experiment: experimentlib.Experiment
     workdir: Path
     run_dirs: list[Path]
     stop: workdirlib.StopRequests
-    cleanup: contextlib.ExitStack
+    managers: list
+    writers: list
+    primary: bool
+    x_train: jax.Array
+    y_train: jax.Array
+    x_test: jax.Array
+    y_test: jax.Array
+    train_key: jax.Array
+    eval_key: jax.Array
+    gamma: jax.Array
+    evaluator: Callable
+    latent_fn: Callable | None
 
-    def __post_init__(self):
-        exp = self.experiment
-        self.config = exp.config
-        self.keys = exp.keys()
-        self.managers = [workdirlib.checkpoint_manager(d, self.config.checkpoint.max_to_keep) for d in self.run_dirs]
-        for manager in self.managers:
-            # Finish pending asynchronous saves on every exit path, errors
-            # included, so the last good checkpoint is never left half-written.
-            self.cleanup.callback(manager.close)
-            self.cleanup.callback(manager.wait_until_finished)
-        self.x_train, self.y_train, self.x_test, self.y_test = exp.device_data()
-        self.gamma = exp.gammas()
-        self.train_key = self.keys["train"]
-        self.eval_step = exp.eval_step()
-        categorical = self.config.model.latent == "categorical"
-        self.eval_args = dict(batch_size=self.config.train.eval_batch_size, rng=self.keys["eval"],
-                              sharding=exp.replicated, num_members=exp.num_members,
-                              joint_shape=(self.config.model.latent_dim, exp.num_classes) if categorical else None)
-        self.latent_fn = capping.make_latent_fn(exp.model, self.config) if self.config.capping.schedule else None
-        # objective.joint='epoch': log p(y|z) of the training set, fixed for an epoch (None otherwise).
-        self.data_decoder = None
-        # TensorBoard event files beside each metrics.jsonl (which stays what analysis and plots read).
-        self.primary = workdirlib.is_primary()
-        self.writers = ([self.cleanup.enter_context(tensorboard.ScalarWriter(d)) for d in self.run_dirs]
-                        if self.config.train.get("tensorboard", True) and self.primary else [])
-
-    def restore_or_init(self) -> tuple[steplib.TrainState, int]:
-        """The state to continue from and its epoch (0: a fresh run)."""
-        exp = self.experiment
-        start_epoch = min(m.latest_step() or 0 for m in self.managers)
-        if not start_epoch:
-            return exp.init_state(), 0
-        template = exp.state_template()
-        states = [workdirlib.restore_state(m, start_epoch, template)[0] for m in self.managers]
-        self.say(f"Resuming {self.workdir} from the checkpoint of epoch {start_epoch}.")
-        return jax.device_put(steplib.stack_members(states), exp.replicated), start_epoch
-
-    def run(self, stop_after_epoch: int | None) -> dict[str, Any]:
-        exp, config = self.experiment, self.config
-        state, start_epoch = self.restore_or_init()
-        for directory in self.run_dirs if self.primary else []:
-            # Drop records of epochs after the checkpoint so a resumed run logs each epoch once.
-            path = directory / "metrics.jsonl"
-            write_jsonl(path, [r for r in (read_jsonl(path) if path.exists() else []) if r.get("epoch", 0) <= start_epoch])
-        if steplib.uses_data_joint(config):
-            # The training set's p(y|z) at the state training continues from: the epoch-start
-            # decoder of an interrupted epoch too, as that epoch restarts from this state's checkpoint.
-            self.data_decoder = evaluation.evaluate_train_exact(
-                self.eval_step, state, self.x_train, self.y_train, optimal_decoder=True, **self.eval_args)[1]
-        example_idx = exp.epoch_batches(1)[0]
-        compile_start = time.perf_counter()
-        self.compiled_step = exp.train_step().lower(
-            state, exp.zero_totals(), self.x_train, self.y_train, example_idx, self.train_key, self.gamma,
-            self.data_decoder).compile()
-        self.compile_seconds = time.perf_counter() - compile_start
-        self.last_saved = start_epoch
-        records: list[dict] = []
-        num_epochs = config.train.num_epochs
-        for epoch in range(start_epoch + 1, num_epochs + 1):
-            epoch_start = time.perf_counter()
-            state, totals, preempted = self.train_epoch(state, epoch)
-            if preempted:
-                return preempted
-            train_seconds = time.perf_counter() - epoch_start
-            state, records = self.end_epoch(state, totals, epoch, epoch == start_epoch + 1, epoch_start, train_seconds)
-            # A signal that arrived after the epoch's last step stops here, with the epoch checkpointed.
-            stopping = epoch < num_epochs and self.stop.agreed() is not None
-            if (epoch % config.checkpoint.every_epochs == 0 or epoch in (num_epochs, stop_after_epoch) or stopping):
-                self.save(state, epoch, records)
-            workdirlib.clear_preempted(self.workdir)
-            if stopping:
-                return self.preempted(epoch, exp.steps_per_epoch)
-            if stop_after_epoch is not None and epoch >= stop_after_epoch:
-                break
-        if not records:
-            return {}
-        result = dict(records[0], members=records) if len(self.run_dirs) > 1 or self.run_dirs[0] != self.workdir \
-            else dict(records[0])
-        signal_name = self.stop.agreed()
-        if signal_name is not None:
-            result["signal"] = signal_name  # finished anyway; callers (sweeps) should still stop
-        return result
+    @property
+    def config(self) -> ml_collections.ConfigDict:
+        return self.experiment.config
 
     def say(self, text: str) -> None:
         """Prints ``text`` (process 0 only in a multi-process run)."""
         if self.primary:
             print(text, flush=True)
 
-    def preempted(self, epoch: int, step_in_epoch: int) -> dict[str, Any]:
-        """The result of a run stopped by a signal (to this process or, multi-process, to any)."""
-        result = {"preempted": True, "epoch": epoch, "step_in_epoch": step_in_epoch, "signal": self.stop.agreed()}
-        if self.stop.signalled_process is not None:
-            result["signalled_process"] = self.stop.signalled_process
-        return result
 
-    def train_epoch(self, state, epoch: int):
-        """The epoch's steps: ``(state, totals, None)``, or a preemption result after a mid-epoch save."""
-        exp = self.experiment
-        steps = exp.steps_per_epoch
-        batches = exp.epoch_batches(epoch)
-        totals, first_step = exp.zero_totals(), 0
-        resumed = workdirlib.load_preempted(self.workdir, epoch, state, totals)
-        if resumed is not None:
-            state, totals, first_step = resumed
-            self.say(f"Resuming epoch {epoch} at step {first_step} of {steps}.")
-        # Single-process: the flag is a Python attribute read, no round trip
-        # to the device. Multi-process: after each step every process starts
-        # gathering every process's flag (a collective) and reads the gather
-        # of the step before, so all agree, and stop after the same step,
-        # while the host stays a step ahead of the devices.
-        multiprocess, gathered = workdirlib.is_multiprocess(), None
-        with _progress(steps, first_step, epoch, self.config.train.get("progress_bar", True) and self.primary) as bar:
-            for i in range(first_step, steps):
-                state, totals = self.compiled_step(state, totals, self.x_train, self.y_train, batches[i],
-                                                   self.train_key, self.gamma, self.data_decoder)
-                bar.update(1)
-                if i + 1 == steps:
-                    break  # the end of the epoch checks for a signal after its evaluation
-                if multiprocess:
-                    stopping = gathered is not None and self.stop.agreed(gathered) is not None
-                    gathered = None if stopping else self.stop.gather()
-                else:
-                    stopping = self.stop.signal is not None
-                if stopping:
-                    workdirlib.save_preempted(self.workdir, state, totals, epoch, i + 1)
-                    return state, totals, self.preempted(epoch, i + 1)
-        totals = jax.device_get(totals)
-        for i in np.flatnonzero(totals["bad_step"] >= 0):
-            raise NonFiniteError(_nonfinite_message(self.experiment.members[i], int(totals["bad_terms"][i]),
-                                                    int(totals["bad_step"][i]), epoch, self._member_name(i),
-                                                    self.last_saved))
-        return state, totals, None
+def open_run(experiment: experimentlib.Experiment, workdir: Path, run_dirs: list[Path],
+             stop: workdirlib.StopRequests, cleanup: contextlib.ExitStack) -> Run:
+    """Opens the checkpoint managers and TensorBoard writers (closed by ``cleanup``) and puts the data on the device."""
+    config = experiment.config
+    managers = [workdirlib.checkpoint_manager(d, config.checkpoint.max_to_keep) for d in run_dirs]
+    for manager in managers:
+        # Finish pending asynchronous saves on every exit path, errors
+        # included, so the last good checkpoint is never left half-written.
+        cleanup.callback(manager.close)
+        cleanup.callback(manager.wait_until_finished)
+    primary = workdirlib.is_primary()
+    # TensorBoard event files beside each metrics.jsonl (which stays what analysis and plots read).
+    writers = ([cleanup.enter_context(tensorboard.ScalarWriter(d)) for d in run_dirs]
+               if config.train.get("tensorboard", True) and primary else [])
+    keys = experiment.keys()
+    return Run(experiment=experiment, workdir=workdir, run_dirs=run_dirs, stop=stop, managers=managers,
+               writers=writers, primary=primary, **dict(zip(("x_train", "y_train", "x_test", "y_test"),
+                                                            experiment.device_data())),
+               train_key=keys["train"], eval_key=keys["eval"], gamma=experiment.gammas(),
+               evaluator=experiment.evaluator(),
+               latent_fn=capping.make_latent_fn(experiment.model, config) if config.capping.schedule else None)
 
-    def _member_label(self, i: int) -> str:
-        """``gamma=G`` and/or ``seed=S``: what tells member ``i`` apart (empty for a single run)."""
-        members = self.experiment.members
-        member = members[i]
-        parts = ([f"gamma={member.objective.gamma:g}"] if len({m.objective.gamma for m in members}) > 1 else []) + \
-                ([f"seed={member.seed}"] if len({m.seed for m in members}) > 1 else [])
-        return " and ".join(parts)
 
-    def _member_name(self, i: int) -> str:
-        return f", member {i} with {self._member_label(i)}" if self._member_label(i) else ""
+def restore_or_init(run: Run) -> tuple[steplib.TrainState, int]:
+    """The state to continue from and its epoch (0: a fresh run)."""
+    exp = run.experiment
+    start_epoch = min(m.latest_step() or 0 for m in run.managers)
+    if not start_epoch:
+        return exp.init_state(), 0
+    template = exp.state_template()
+    states = [workdirlib.restore_state(m, start_epoch, template)[0] for m in run.managers]
+    run.say(f"Resuming {run.workdir} from the checkpoint of epoch {start_epoch}.")
+    return jax.device_put(steplib.stack_members(states), exp.replicated), start_epoch
 
-    def end_epoch(self, state, totals, epoch: int, first: bool, epoch_start: float, train_seconds: float):
-        """Capping, evaluation and the epoch's records (written and printed): ``(state, records)``."""
-        exp, config = self.experiment, self.config
-        capped: list[dict] = [{} for _ in exp.members]
-        cap = capping.entropy_cap(config.capping.schedule, epoch)
-        if cap is not None:
-            # Section 7.2: cap after the epoch's training, before evaluation and the checkpoint.
-            state, bounds = capping.cap_state(exp.model, config, state, self.x_train, cap, self.latent_fn)
-            state = jax.device_put(state, exp.replicated)  # the compiled step expects replicated state
-            accuracy = evaluation.evaluate(self.eval_step, state, self.x_train, self.y_train,
-                                           **self.eval_args)["accuracy"]
-            capped = [{"entropy_cap": cap, "latent_entropy_bound": b, "capped_train_error": 1.0 - float(a)}
-                      for b, a in zip(bounds, accuracy)]
-        decoder, train_eval = None, {}
-        if config.model.latent == "categorical":
-            # Exact quantities over the whole training set in eval mode (Figure 3).
-            train_eval, decoder = evaluation.evaluate_train_exact(
-                self.eval_step, state, self.x_train, self.y_train,
-                optimal_decoder=config.objective.loss == "decoder_uncertainty", **self.eval_args)
-            if steplib.uses_data_joint(config):
-                self.data_decoder = decoder  # the next epoch trains with this epoch's p(y|z)
-        test_eval = evaluation.evaluate(self.eval_step, state, self.x_test, self.y_test, decoder=decoder,
-                                        **self.eval_args)
-        epoch_seconds = time.perf_counter() - epoch_start
-        lr = np.asarray(jax.device_get(steplib.learning_rate(config, state)))
-        steps = np.asarray(jax.device_get(state.step))
-        records = []
-        for i, member in enumerate(exp.members):
-            record = epoch_record(member, i, epoch, steps[i], totals, train_eval, test_eval, lr[i])
-            record.update(examples_per_sec=exp.num_members * exp.steps_per_epoch * config.train.batch_size
-                          / train_seconds, epoch_seconds=epoch_seconds, **capped[i])
-            if first:
-                record["compile_seconds"] = self.compile_seconds
-            if self.primary:
-                append_jsonl(self.run_dirs[i] / "metrics.jsonl", record)
-            if self.writers:
-                tensorboard.write_record_scalars(self.writers[i], record)
-            label = self._member_label(i).replace("gamma=", "γ=").replace(" and ", " ")
-            prefix = f"[{label}] " if label else ""
-            self.say(prefix + summary_line(record))
-            records.append(record)
-        return state, records
 
-    def save(self, state, epoch: int, records: list[dict]) -> None:
-        for i, (manager, member) in enumerate(zip(self.managers, self.experiment.members)):
-            meta = {"epoch": epoch, "config": configlib.to_dict(member), "metrics": records[i]}
-            workdirlib.save_checkpoint(manager, epoch, steplib.member(state, i), meta)
-        self.last_saved = epoch
+def drop_records_after(run: Run, epoch: int) -> None:
+    """Drops the records of epochs after the checkpoint, so a resumed run logs each epoch once."""
+    for directory in run.run_dirs if run.primary else []:
+        path = directory / "metrics.jsonl"
+        write_jsonl(path, [r for r in (read_jsonl(path) if path.exists() else []) if r.get("epoch", 0) <= epoch])
+
+
+def epoch_decoder(run: Run, state) -> jax.Array:
+    """log p(y|z) of the whole training set at ``state`` ``[M, C, num_classes]`` (``objective.joint='epoch'``)."""
+    return evaluation.evaluate_train_exact(run.evaluator, state, run.x_train, run.y_train, rng=run.eval_key,
+                                           optimal_decoder=True)[1]
+
+
+def train_epoch(run: Run, train_steps: Callable, state, epoch: int, data_decoder, last_saved: int,
+                stop_after_step: int | None = None):
+    """The epoch's steps, K a call: ``(state, host totals, None)``, or a preemption result after a mid-epoch save.
+
+    A signal (or, with ``stop_after_step``, that step of the run) stops it at
+    the next boundary between two calls.
+
+    Raises:
+      NonFiniteError: a step went NaN/Inf (its update was not applied);
+        ``last_saved`` is the epoch of the last checkpoint, named in the message.
+    """
+    exp = run.experiment
+    steps, per_call = exp.steps_per_epoch, exp.steps_per_call
+    batches = exp.epoch_batches(epoch)
+    totals, position = exp.zero_totals(), 0
+    resumed = workdirlib.load_preempted(run.workdir, epoch, state, totals)
+    if resumed is not None:
+        state, totals, position = resumed
+        run.say(f"Resuming epoch {epoch} at step {position} of {steps}.")
+    first = experimentlib.put(np.int32(position), exp.replicated)
+    # Single-process: the flag is a Python attribute read, no round trip to the
+    # device. Multi-process: after each call every process starts gathering
+    # every process's flag (a collective) and reads the gather of the call
+    # before, so all agree and stop after the same call, while the host stays
+    # a call ahead of the devices.
+    multiprocess, gathered = workdirlib.is_multiprocess(), None
+    with _progress(steps, position, epoch, run.config.train.get("progress_bar", True) and run.primary) as bar:
+        while position < steps:
+            state, totals, first = train_steps(state, totals, run.x_train, run.y_train, batches, first,
+                                               run.train_key, run.gamma, data_decoder)
+            bar.update(min(per_call, steps - position))
+            position = min(position + per_call, steps)
+            if position == steps:
+                break  # the end of the epoch checks for a signal after its evaluation
+            if multiprocess:
+                stopping = gathered is not None and run.stop.agreed(gathered) is not None
+                gathered = None if stopping else run.stop.gather()
+            else:
+                stopping = run.stop.signal is not None
+            stopping |= stop_after_step is not None and (epoch - 1) * steps + position >= stop_after_step
+            if stopping:
+                workdirlib.save_preempted(run.workdir, state, totals, epoch, position)
+                return state, totals, preempted_result(run, epoch, position)
+    totals = jax.device_get(totals)
+    for i in np.flatnonzero(totals["bad_step"] >= 0):
+        label = recordslib.member_label(exp.members, i)
+        raise NonFiniteError(recordslib.nonfinite_message(
+            exp.members[i], int(totals["bad_terms"][i]), int(totals["bad_step"][i]), epoch,
+            f", member {i} with {label}" if label else "", last_saved))
+    return state, totals, None
+
+
+def end_epoch(run: Run, state, epoch: int, data_decoder):
+    """Capping and evaluation after an epoch's training: ``(state, evaluations, data_decoder)``.
+
+    ``evaluations`` holds ``"capped"`` (a dict per member, empty without
+    capping), ``"train"`` (the exact categorical train-set evaluation, empty
+    for other latents) and ``"test"``; ``data_decoder`` is the next epoch's
+    (``objective.joint='epoch'``: this epoch's p(y|z); else unchanged).
+    """
+    exp, config = run.experiment, run.config
+    capped: list[dict] = [{} for _ in exp.members]
+    cap = capping.entropy_cap(config.capping.schedule, epoch)
+    if cap is not None:
+        # Section 7.2: cap after the epoch's training, before evaluation and the checkpoint.
+        state, bounds = capping.cap_state(exp.model, config, state, run.x_train, cap, run.latent_fn)
+        state = jax.device_put(state, exp.replicated)  # the compiled step expects replicated state
+        accuracy = evaluation.evaluate(run.evaluator, state, run.x_train, run.y_train, rng=run.eval_key)["accuracy"]
+        capped = [{"entropy_cap": cap, "latent_entropy_bound": b, "capped_train_error": 1.0 - float(a)}
+                  for b, a in zip(bounds, accuracy)]
+    decoder, train_eval = None, {}
+    if config.model.latent == "categorical":
+        # Exact quantities over the whole training set in eval mode (Figure 3).
+        train_eval, decoder = evaluation.evaluate_train_exact(
+            run.evaluator, state, run.x_train, run.y_train, rng=run.eval_key,
+            optimal_decoder=config.objective.loss == "decoder_uncertainty")
+        if steplib.uses_data_joint(config):
+            data_decoder = decoder  # the next epoch trains with this epoch's p(y|z)
+    test_eval = evaluation.evaluate(run.evaluator, state, run.x_test, run.y_test, rng=run.eval_key, decoder=decoder)
+    return state, {"capped": capped, "train": train_eval, "test": test_eval}, data_decoder
+
+
+def write_records(run: Run, state, totals, epoch: int, evaluations: dict, timing: dict) -> list[dict]:
+    """Every member's record of the epoch, appended to its ``metrics.jsonl`` and TensorBoard, and printed."""
+    exp = run.experiment
+    lr = np.asarray(jax.device_get(steplib.learning_rate(run.config, state)))
+    steps = np.asarray(jax.device_get(state.step))
+    records = []
+    for i, member in enumerate(exp.members):
+        record = recordslib.epoch_record(member, i, epoch, steps[i], totals, evaluations["train"],
+                                         evaluations["test"], lr[i])
+        record.update(**timing, **evaluations["capped"][i])
+        if run.primary:
+            append_jsonl(run.run_dirs[i] / "metrics.jsonl", record)
+        if run.writers:
+            tensorboard.write_record_scalars(run.writers[i], record)
+        label = recordslib.member_label(exp.members, i).replace("gamma=", "γ=").replace(" and ", " ")
+        run.say((f"[{label}] " if label else "") + recordslib.summary_line(record))
+        records.append(record)
+    return records
+
+
+def save(run: Run, state, epoch: int, records: list[dict]) -> None:
+    """Every member's checkpoint of ``epoch``, with its config and record as metadata."""
+    for i, (manager, member) in enumerate(zip(run.managers, run.experiment.members)):
+        meta = {"epoch": epoch, "config": configlib.to_dict(member), "metrics": records[i]}
+        workdirlib.save_checkpoint(manager, epoch, steplib.member(state, i), meta)
+
+
+def preempted_result(run: Run, epoch: int, step_in_epoch: int) -> dict[str, Any]:
+    """The result of a run stopped by a signal (to this process or, multi-process, to any)."""
+    result = {"preempted": True, "epoch": epoch, "step_in_epoch": step_in_epoch, "signal": run.stop.agreed()}
+    if run.stop.signalled_process is not None:
+        result["signalled_process"] = run.stop.signalled_process
+    return result
+
+
+def final_result(run: Run, records: list[dict]) -> dict[str, Any]:
+    """The last epoch's record (a population's first member's, with all under ``"members"``); {} if none ran."""
+    if not records:
+        return {}
+    result = dict(records[0], members=records) if run.run_dirs != [run.workdir] else dict(records[0])
+    signal_name = run.stop.agreed()
+    if signal_name is not None:
+        result["signal"] = signal_name  # finished anyway; callers (sweeps) should still stop
+    return result
 
 
 def _progress(total: int, initial: int, epoch: int, enabled: bool):
@@ -352,64 +401,3 @@ def _progress(total: int, initial: int, epoch: int, enabled: bool):
 
     return tqdm(total=total, initial=initial, desc=f"epoch {epoch}", unit="step", leave=False,
                 disable=not enabled, file=sys.stderr)
-
-
-def _nonfinite_message(config, bad_terms: int, step: int, epoch: int, member: str, last_epoch: int) -> str:
-    terms = [name for i, name in enumerate(steplib.WATCHED_TERMS) if bad_terms >> i & 1]
-    o = config.objective
-    drivers = (f"objective.loss={o.loss}, objective.cross_entropy={o.cross_entropy}, "
-               f"objective.regularizer={o.regularizer}, objective.gamma={o.gamma:g}, objective.eps={o.eps:g}, "
-               f"train.learning_rate={config.train.learning_rate:g}, dtype={config.dtype}")
-    kept = f"the checkpoint of epoch {last_epoch} is untouched" if last_epoch else "no checkpoint was written"
-    return (f"non-finite {', '.join(terms)} at step {step} (epoch {epoch}{member}); the update was not applied "
-            f"and {kept}. Values that drive it: {drivers}.")
-
-
-def epoch_record(member, i: int, epoch: int, step, totals, train_eval, test_eval, lr) -> dict[str, Any]:
-    """Member ``i``'s metrics record of an epoch, from the ``[M]`` totals and evaluations."""
-    def pick(value):
-        return float(np.asarray(value)[i])
-
-    steps = pick(totals["steps"])
-    record = {"epoch": epoch, "step": int(step)}
-    record.update({f"train_{k}": pick(totals[k]) / steps for k in steplib.metric_names(member)})
-    record["training_error_bound"] = record.pop("train_training_error_bound")
-    if train_eval:
-        # The step's H[Y|Z] is the batch plug-in; the record's is exact over the training set.
-        record["train_batch_decoder_uncertainty"] = record["train_decoder_uncertainty"]
-        record["train_decoder_uncertainty"] = float(information.conditional_entropy(
-            jnp.asarray(np.asarray(train_eval["joint"])[i])))
-        for name in ("decoder_cross_entropy", "prediction_cross_entropy", "accuracy"):
-            record[f"train_exact_{name}"] = pick(train_eval[name])
-    for name in ("accuracy", "decoder_cross_entropy", "prediction_cross_entropy"):
-        record[f"test_{name}"] = pick(test_eval[name])
-    record.update({"learning_rate": float(lr), "gamma": float(member.objective.gamma),
-                   "regularizer": member.objective.regularizer, "seed": int(member.seed)})
-    return record
-
-
-def summary_line(record: dict) -> str:
-    """The one-line summary of an epoch record printed during training."""
-    # A categorical run also has exact train-set values (eval mode, and with
-    # the optimal decoder when it minimises H[Y|Z]); show those when present.
-    def train(name):
-        return record.get(f"train_exact_{name}", record[f"train_{name}"])
-
-    parts = [
-        f"epoch {record['epoch']:3d}",
-        f"train acc {train('accuracy'):.4f}",
-        f"test acc {record['test_accuracy']:.4f}",
-        f"H_Θ[Y|Z] {train('decoder_cross_entropy'):.4f}",
-        f"H_Θ[Y|X] {train('prediction_cross_entropy'):.4f}",
-    ]
-    if "train_decoder_uncertainty" in record:
-        parts.append(f"H[Y|Z] {record['train_decoder_uncertainty']:.4f}")
-    if "entropy_cap" in record:
-        parts.append(f"cap {record['entropy_cap']:g} nats: train err {record['capped_train_error']:.4f}")
-    parts += [
-        f"{record['regularizer']} {record['train_regularizer']:.4f}",
-        f"err≤ {record['training_error_bound']:.3f}",
-        f"lr {record['learning_rate']:.2e}",
-        f"{record['examples_per_sec']:.0f} ex/s",
-    ]
-    return " | ".join(parts)

@@ -63,7 +63,7 @@ __all__ = [
 
 #: Fields that may differ from a workdir's stored config without making it another run.
 # How a run is launched or shown, not what it computes: a multi-host run may be resumed by one process.
-IGNORED_ON_RESUME: tuple[str, ...] = ("train.progress_bar", "train.tensorboard", "distributed")
+IGNORED_ON_RESUME: tuple[str, ...] = ("train.progress_bar", "train.tensorboard", "train.steps_per_call", "distributed")
 
 
 class WorkdirError(RuntimeError):

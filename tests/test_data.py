@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ibjax import _sources, data
+from ibjax import _sources, data, experiment
 
 REAL_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 # Label counts of the 10,000 MNIST t10k images (LeCun et al.), digits 0..9.
@@ -595,12 +595,12 @@ def test_num_train_keeps_the_first_training_examples_and_the_test_split():
     from ibjax import config as configlib
 
     config = configlib.default_config()
-    full = data.load_data(config)
+    full = experiment.load_data(config)
     config.data.num_train = 100
-    part = data.load_data(config)
+    part = experiment.load_data(config)
     np.testing.assert_array_equal(part.x_train, full.x_train[:100])
     np.testing.assert_array_equal(part.y_train, full.y_train[:100])
     np.testing.assert_array_equal(part.x_test, full.x_test)
     config.data.num_train = 5000
     with pytest.raises(configlib.ConfigError, match=r"config.data.num_train=5000 exceeds the 1438 training examples"):
-        data.load_data(config)
+        experiment.load_data(config)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from ibjax import _sources, data
+from ibjax import _sources, data, experiment
 
 CIFAR_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
 MNIST_IDX = {
@@ -206,24 +206,25 @@ def test_load_data_reads_the_config_data_section(tmp_path):
     for key, stem in MNIST_IDX.items():
         (tmp_path / stem).write_bytes(idx_bytes(arrays[key]))
 
-    ds = data.load_data(data_config(path=str(tmp_path)))
+    ds = experiment.load_data(data_config(path=str(tmp_path)))
     assert_dataset(ds, arrays["train_images"][..., None], arrays["train_labels"],
                    arrays["test_images"][..., None], arrays["test_labels"])
 
     # split_at and permutation_seed are passed on; 0 and "" mean "none".
-    permuted = data.load_data(data_config(name="permuted_mnist", path=str(tmp_path), split_at=5, permutation_seed=2))
+    permuted = experiment.load_data(data_config(name="permuted_mnist", path=str(tmp_path), split_at=5,
+                                                permutation_seed=2))
     expected = data.load_dataset("permuted_mnist", source="idx", path=tmp_path, split_at=5, permutation_seed=2)
     assert permuted.x_train.shape == (5, 28, 28, 1) and permuted.x_test.shape == (1, 28, 28, 1)
     assert_dataset(permuted, expected.x_train, expected.y_train, expected.x_test, expected.y_test)
 
-    digits = data.load_data(data_config(name="digits", source="embedded"))
+    digits = experiment.load_data(data_config(name="digits", source="embedded"))
     assert digits.name == "digits" and digits.x_train.shape[1:] == (8, 8, 1)
 
 
 def test_load_data_cifar_pickle(tmp_path):
     batches = tiny_cifar()
     write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", cifar_pickles(batches))
-    ds = data.load_data(data_config(name="cifar10", source="cifar_pickle", path=str(tmp_path)))
+    ds = experiment.load_data(data_config(name="cifar10", source="cifar_pickle", path=str(tmp_path)))
     assert_dataset(ds, *expected_cifar(batches))
 
 

@@ -30,8 +30,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "digits_condvar.py"
 TIMING_KEYS = {"examples_per_sec", "epoch_seconds", "compile_seconds"}
-# Small batches: many steps per epoch (1437 // 8 = 179), so a signal lands mid-epoch.
-SLOW = ("--config.train.batch_size=8", "--config.train.num_epochs=3")
+# Small batches and 2 steps a call: many calls per epoch (1437 // 8 = 179 steps), so a signal lands mid-epoch.
+SLOW = ("--config.train.batch_size=8", "--config.train.num_epochs=3", "--config.train.steps_per_call=2")
 
 
 def free_port() -> int:

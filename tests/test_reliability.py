@@ -53,8 +53,8 @@ def wait_for(predicate, timeout=120.0):
     return False
 
 
-# Small batches: many steps per epoch, so a signal lands mid-epoch.
-SLOW = ("--config.train.batch_size=8", "--config.train.num_epochs=6")
+# Small batches and 2 steps a call: many calls per epoch (90 for 179 steps), so a signal lands mid-epoch.
+SLOW = ("--config.train.batch_size=8", "--config.train.num_epochs=6", "--config.train.steps_per_call=2")
 
 
 def test_sigterm_saves_and_resume_matches_uninterrupted_run(tmp_path):
@@ -159,7 +159,7 @@ def test_train_step_compiles_once_and_donates_its_state(tmp_path, caplog):
             train.train_and_evaluate(config_for(train__num_epochs=3), tmp_path / "run")
     finally:
         jax.config.update("jax_log_compiles", False)
-    compiled = [r.getMessage() for r in caplog.records if "Finished XLA compilation of jit(step)" in r.getMessage()]
+    compiled = [r.getMessage() for r in caplog.records if "Finished XLA compilation of jit(train_steps)" in r.getMessage()]
     assert len(compiled) == 1, compiled
 
 

@@ -1,0 +1,21 @@
+"""Section 7.1 at the paper's data scale, offline: Permutation-MNIST built from the
+real MNIST training set (60,000 images) and test set (10,000) in
+../shared/data/mnist_full, the standard split, in the paper's setup throughout
+(permuted_mnist_categorical: MLP 784-1024-1024-C, C = 100, decoder C-1024-1024-10,
+PyTorch's initialisation, Adam 1e-4, x0.8 after the plateau test per 60,000
+examples, batch 128, 100 epochs = 46,900 steps). Run from the repository root.
+
+What it reaches is on the results page (experiments/README.md, section 7.1,
+"At the paper's data scale"), made with experiments/fig3_full_mnist.sh.
+"""
+
+from pathlib import Path
+
+from ibjax.config import from_file
+
+
+def get_config():
+    config = from_file(Path(__file__).with_name("permuted_mnist_categorical.py"))
+    config.data.source = "idx"
+    config.data.path = "../shared/data/mnist_full"
+    return config
