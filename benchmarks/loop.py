@@ -143,7 +143,7 @@ def epoch_overhead_runners(run: experiment.Experiment, stack: contextlib.ExitSta
     loop = train.open_run(run, workdir, [workdir], stop, stack)
     e = _Epochs(run)
     steps_fn = run.train_steps().lower(e.state, e.totals, e.images, e.labels, run.epoch_batches(1), e.first(),
-                                       e.key, e.gamma).compile()
+                                       e.key, e.gamma, None).compile()
     calls = -(-run.steps_per_epoch // run.steps_per_call)
     bare = _Epochs(run)
     batches = run.epoch_batches(1)
@@ -159,7 +159,7 @@ def epoch_overhead_runners(run: experiment.Experiment, stack: contextlib.ExitSta
             first = bare.first()
             for _ in range(calls):
                 bare.state, bare.totals, first = steps_fn(bare.state, bare.totals, bare.images, bare.labels, batches,
-                                                          first, bare.key, bare.gamma)
+                                                          first, bare.key, bare.gamma, None)
         jax.block_until_ready((bare.state, bare.totals))
 
     examples = run.steps_per_epoch * config.train.batch_size

@@ -1,6 +1,6 @@
 """Figure 3's table: the final epoch of each objective's trials, median [25%, 75%].
 
-Reads WORKDIR/{decoder_ce,prediction_ce,decoder_uncertainty}/member*/metrics.jsonl
+Reads WORKDIR/{decoder_ce,prediction_ce,decoder_uncertainty}/*/metrics.jsonl
 (as experiments/fig3_permuted_mnist.sh writes them) and prints, for each
 training objective, the training-set H_Θ[Y|Z], H_Θ[Y|X] and H[Y|Z] (exact, whole
 training set), the training and test accuracy, and whether H_Θ[Y|Z] upper-bounded
@@ -29,7 +29,7 @@ def main(workdir: str) -> None:
           "| bound violations |")
     print("| --- | ---: | ---: | --- | --- | --- | --- | --- | ---: |")
     for name, label in OBJECTIVES:
-        logs = [read_jsonl(path) for path in sorted(Path(workdir, name).glob("member*/metrics.jsonl"))]
+        logs = [read_jsonl(path) for path in sorted(Path(workdir, name).glob("*/metrics.jsonl"))]
         if not logs:
             continue
         epochs = min(len(log) for log in logs)

@@ -207,7 +207,15 @@ class Experiment:
         epoch takes, ⌈steps / K⌉; the calls then share the epoch's steps
         evenly, so the last one is not mostly masked (469 steps at K = 100:
         5 calls of 94, not 4 of 100 and one of 69 padded to 100).
+
+        On the CPU backend an encoder with convolutions trains one step a
+        call, whatever the field says: inside the loop of a K-step call
+        XLA:CPU computes a convolution's weight gradient about 40× slower than
+        in a single step (benchmarks/RESULTS.md), and there the step's own
+        arithmetic, not its dispatch, is what an epoch costs anyway.
         """
+        if jax.default_backend() == "cpu" and self.config.model.encoder in models.CONVOLUTIONAL_ENCODERS:
+            return 1
         requested = self.config.train.get("steps_per_call", 0) or self.steps_per_epoch
         calls = -(-self.steps_per_epoch // min(requested, self.steps_per_epoch))
         return -(-self.steps_per_epoch // calls)

@@ -35,6 +35,9 @@ ENCODERS = ("mlp", "dropout_cnn", "resnet18")
 LATENTS = ("continuous", "categorical", "vib")
 DECODERS = ("linear", "categorical_mlp")
 DTYPES = ("float32", "bfloat16")
+#: Encoders with convolutions: on the CPU backend they train one step a compiled call
+#: (:attr:`ibjax.experiment.Experiment.steps_per_call`).
+CONVOLUTIONAL_ENCODERS: tuple[str, ...] = ("dropout_cnn", "resnet18")
 #: Each encoder's last dense layer, whose outputs are the latent Ẑ: the layer
 #: that entropy capping (section 7.2, :mod:`ibjax.capping`) rescales.
 LAST_DENSE_LAYER: dict[str, str] = {"mlp": "output", "dropout_cnn": "fc2"}

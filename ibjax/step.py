@@ -12,8 +12,10 @@ Throughput design (see also :mod:`ibjax.train`):
   its batch by index, and the batch indices are sharded over a 1-D ``'data'``
   mesh, so batch statistics (BatchNorm, the variance regularisers) are over
   the global batch.
-* The step is one ``jax.jit`` with its state and totals donated. Metrics are
-  summed on device into the totals and read once per epoch.
+* The loop runs K steps a call (:func:`train_steps_fn`, a ``lax.scan``
+  taking each batch from the epoch's indices on the device), jitted with
+  state and totals donated. Metrics are summed on device into the totals
+  and read once per epoch.
 * A NaN/Inf is caught before the update, by one conditional on a scalar: the
   healthy path costs no select over the parameters.
 """
@@ -290,31 +292,8 @@ def _unsqueeze(tree):
     return jax.tree.map(lambda x: x.reshape((1, *x.shape)), tree)
 
 
-def train_steps_fn(model, tx, config, num_classes: int, mesh: Mesh, num_steps: int, *,
-                   member_map: str = "vmap") -> Callable:
-    """The pure K-step function ``(state, totals, images, labels, batches, first, rng, gamma[, data_decoder])``.
-
-    Runs the steps ``first, first + 1, …, first + num_steps − 1`` of an epoch
-    in one ``lax.scan``, each exactly the step of :func:`train_step_fn` (the
-    same per-step keys ``fold_in(rng, state.step)``, metric totals and
-    NaN/Inf guard), and returns ``(state, totals, first + num_steps)``.
-    ``batches`` is the epoch's batch indices on the device, ``[steps, B]``
-    shared by every member or ``[steps, M, B]`` one batch per member (see
-    :func:`train_step_fn`); each step takes its row inside the compiled
-    function. Steps at or past ``steps`` are skipped (a masked tail: the state
-    and totals pass through unchanged), so one executable serves full
-    epochs, resumed partial epochs and an epoch's last, shorter chunk.
-    ``first`` is an int32 scalar on the device; the returned position feeds
-    the next call without a transfer from the host.
-
-    Args:
-      model, tx, config, num_classes, mesh, member_map: as for :func:`train_step_fn`.
-      num_steps: K, the steps of one call (static).
-    """
-    if member_map not in MEMBER_MAPS:
-        raise ValueError(f"`member_map` must be one of {MEMBER_MAPS}; got {member_map!r}.")
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"`num_steps` must be a positive int; got {num_steps!r}.")
+def _step_parts(model, tx, config, num_classes: int):
+    """One member's ``gradients`` and ``update``, and ``guarded``: a step that applies them only if all is finite."""
     names = metric_names(config)
     ce_name = ("decoder_uncertainty" if config.objective.loss == "decoder_uncertainty"
                else f"{config.objective.cross_entropy}_cross_entropy")
@@ -351,6 +330,36 @@ def train_steps_fn(model, tx, config, num_classes: int, mesh: Mesh, num_steps: i
         new_totals["bad_terms"] = jnp.where(first_bad, bad_bits, totals["bad_terms"])
         return new_state, new_totals
 
+    return gradients, update, guarded
+
+
+def train_steps_fn(model, tx, config, num_classes: int, mesh: Mesh, num_steps: int, *,
+                   member_map: str = "vmap") -> Callable:
+    """The pure K-step function ``(state, totals, images, labels, batches, first, rng, gamma[, data_decoder])``.
+
+    Runs the steps ``first, first + 1, …, first + num_steps − 1`` of an epoch
+    in one ``lax.scan``, each exactly the step of :func:`train_step_fn` (the
+    same per-step keys ``fold_in(rng, state.step)``, metric totals and
+    NaN/Inf guard), and returns ``(state, totals, first + num_steps)``.
+    ``batches`` is the epoch's batch indices on the device, ``[steps, B]``
+    shared by every member or ``[steps, M, B]`` one batch per member (see
+    :func:`train_step_fn`); each step takes its row inside the compiled
+    function. Steps at or past ``steps`` are skipped (a masked tail: the state
+    and totals pass through unchanged), so one executable serves full
+    epochs, resumed partial epochs and an epoch's last, shorter chunk.
+    ``first`` is an int32 scalar on the device; the returned position feeds
+    the next call without a transfer from the host.
+
+    Args:
+      model, tx, config, num_classes, mesh, member_map: as for :func:`train_step_fn`.
+      num_steps: K, the steps of one call (static).
+    """
+    if member_map not in MEMBER_MAPS:
+        raise ValueError(f"`member_map` must be one of {MEMBER_MAPS}; got {member_map!r}.")
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+        raise ValueError(f"`num_steps` must be a positive int; got {num_steps!r}.")
+    gradients, update, guarded = _step_parts(model, tx, config, num_classes)
+
     def train_steps(state, totals, images, labels, batches, first, rng, gamma, data_decoder=None):
         shared = batches.ndim == 2
         spec = P("data") if shared else P(None, "data")
@@ -378,8 +387,13 @@ def train_steps_fn(model, tx, config, num_classes: int, mesh: Mesh, num_steps: i
             return guarded(state, totals, x, y, rng, gamma, data_decoder, active, member_gradients,
                            member_update), None
 
-        positions = first + jnp.arange(num_steps, dtype=jnp.int32)
-        (state, totals), _ = jax.lax.scan(one_step, (state, totals), positions)
+        if num_steps == 1:
+            # No loop around a single step: inside a while loop XLA:CPU computes a convolution's
+            # gradient about 40x slower than outside it (see Experiment.steps_per_call).
+            (state, totals), _ = one_step((state, totals), first)
+        else:
+            positions = first + jnp.arange(num_steps, dtype=jnp.int32)
+            (state, totals), _ = jax.lax.scan(one_step, (state, totals), positions)
         if single:
             state, totals = _unsqueeze((state, totals))
         return state, totals, first + num_steps
@@ -414,15 +428,10 @@ def train_step_fn(model, tx, config, num_classes: int, mesh: Mesh, *, member_map
     every later step is skipped, so the host can report it at the end of the
     epoch without a round-trip per step.
 
-    It is :func:`train_steps_fn` with K = 1 on a one-row epoch: the training
-    loop runs K steps a call; this form serves tests and benchmarks.
-
-    Args:
-      model, tx: the :class:`ibjax.models.IBModel` and the optimiser.
-      config: the experiment config (objective, data and model sections).
-      num_classes: classes of the data set.
-      mesh: the ``'data'`` mesh the batch is sharded over.
-      member_map: one of :data:`MEMBER_MAPS`.
+    It is :func:`train_steps_fn` with K = 1 on a one-row epoch (the loop runs
+    K steps a call; this form serves tests and benchmarks). ``model``,
+    ``tx``: the :class:`ibjax.models.IBModel` and the optimiser; ``mesh``: the
+    ``'data'`` mesh the batch is sharded over; ``member_map``: one of :data:`MEMBER_MAPS`.
     """
     steps = train_steps_fn(model, tx, config, num_classes, mesh, 1, member_map=member_map)
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ibjax import config as configlib
+from ibjax import data as datalib
 from ibjax import experiment, train
 from ibjax.io import read_jsonl
 
@@ -40,6 +41,15 @@ def test_calls_share_the_epoch_evenly(requested, batch_size, expected):
     # takes 4 calls, shared as 6 steps each (24 slots, 2 masked), not 7 + 7 + 7 + 1 padded to 7.
     run = experiment.setup(digits_config(train__steps_per_call=requested, train__batch_size=batch_size))
     assert run.steps_per_call == expected
+
+
+def test_convolutional_encoders_train_one_step_a_call_on_the_cpu():
+    # Inside a K-step call's loop XLA:CPU computes a convolution's weight gradient ~40x slower.
+    config = configlib.from_file(ROOT / "configs" / "mnist_dropout_cnn.py")
+    images = np.zeros((256, 28, 28, 1), np.uint8)
+    labels = np.arange(256, dtype=np.int32) % 10
+    run = experiment.setup(config, dataset=datalib.Dataset("mnist", images, labels, images, labels, 10))
+    assert jax.default_backend() == "cpu" and config.train.steps_per_call > 1 and run.steps_per_call == 1
 
 
 def test_chunked_run_equals_per_step_run_across_a_resume_in_the_middle_of_a_chunk(tmp_path):
