@@ -9,6 +9,7 @@ shift
 out=$(mktemp -d)
 one() {
   local i=$1
+  shift
   python -m pytest -q -p no:cacheprovider "$@" >"$out/run$i.log" 2>&1
   local rc=$?
   local aborted=no

@@ -5,8 +5,11 @@ real MNIST training set (60,000 images) and test set (10,000) in
 PyTorch's initialisation, Adam 1e-4, x0.8 after the plateau test per 60,000
 examples, batch 128, 100 epochs = 46,900 steps). Run from the repository root.
 
-What it reaches is on the results page (experiments/README.md, section 7.1,
-"At the paper's data scale"), made with experiments/fig3_full_mnist.sh.
+Measured on the 2-core CPU (experiments/README.md, section 7.1, "At the
+paper's data scale", made with experiments/fig3_full_mnist.sh), decoder
+cross-entropy, 100 epochs: seed 0 reaches 0.982 test accuracy (>= 0.98 from
+epoch 71, every class apart); seed 1 stays at 0.895 with one class merged.
+The paper's ~98% is reachable at 1e-4 on this data, not in every trial.
 """
 
 from pathlib import Path
