@@ -128,12 +128,6 @@ def chunked_runner(run: experiment.Experiment, per_call: int) -> Runner:
     return Runner(go, run.steps_per_epoch * run.config.train.batch_size * run.num_members, 0.0, check=e.done)
 
 
-def balanced(run: experiment.Experiment, requested: int) -> int:
-    """K as the loop uses it for ``train.steps_per_call = requested``."""
-    calls = -(-run.steps_per_epoch // min(requested or run.steps_per_epoch, run.steps_per_epoch))
-    return -(-run.steps_per_epoch // calls)
-
-
 def epoch_overhead_runners(run: experiment.Experiment, stack: contextlib.ExitStack) -> tuple[Runner, Runner]:
     """``train.train_epoch`` on a claimed temporary workdir against its bare compiled calls."""
     workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -202,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> str:
                 runners = list(epoch_overhead_runners(run, stack))
                 labels = [f"train_epoch, K = {run.steps_per_call} (default)", "bare compiled calls (reference)"]
             else:
-                ks = list(dict.fromkeys(balanced(run, k) for k in requested))
+                ks = list(dict.fromkeys(experiment.balanced_steps_per_call(run.steps_per_epoch, k) for k in requested))
                 runners = [per_step_runner(run)] + [chunked_runner(run, k) for k in ks]
                 labels = ["per step (reference)"] + [f"chunked, K = {k}" for k in ks]
             timings = measure(runners, steps=None, repeats=args.repeats, warmup=1)

@@ -35,8 +35,8 @@ from ibjax import config as configlib
 from ibjax import data as datalib
 from ibjax import evaluation, models, step, workdir as workdirlib
 
-__all__ = ["Experiment", "is_population", "member_configs", "member_workdirs", "setup", "load_data", "put",
-           "RunCheckpoints", "restore_run"]
+__all__ = ["Experiment", "is_population", "member_configs", "member_workdirs", "setup", "balanced_steps_per_call",
+           "load_data", "put", "RunCheckpoints", "restore_run"]
 
 
 def is_population(config: ml_collections.ConfigDict) -> bool:
@@ -216,9 +216,7 @@ class Experiment:
         """
         if jax.default_backend() == "cpu" and self.config.model.encoder in models.CONVOLUTIONAL_ENCODERS:
             return 1
-        requested = self.config.train.get("steps_per_call", 0) or self.steps_per_epoch
-        calls = -(-self.steps_per_epoch // min(requested, self.steps_per_epoch))
-        return -(-self.steps_per_epoch // calls)
+        return balanced_steps_per_call(self.steps_per_epoch, self.config.train.get("steps_per_call", 0))
 
     def train_steps(self, num_steps: int | None = None, member_map: str = "vmap") -> Callable:
         """The jitted K-step function of :func:`ibjax.step.make_train_steps` (default K: :attr:`steps_per_call`)."""
@@ -234,6 +232,12 @@ class Experiment:
         """``(x_train, y_train, x_test, y_test)`` replicated on the mesh."""
         d = self.dataset
         return tuple(put(x, self.replicated) for x in (d.x_train, d.y_train, d.x_test, d.y_test))
+
+
+def balanced_steps_per_call(steps_per_epoch: int, requested: int) -> int:
+    """K for ``requested`` steps a call (0: the whole epoch): ⌈steps / requested⌉ calls sharing the epoch evenly."""
+    calls = -(-steps_per_epoch // min(requested or steps_per_epoch, steps_per_epoch))
+    return -(-steps_per_epoch // calls)
 
 
 def load_data(config: ml_collections.ConfigDict) -> datalib.Dataset:
