@@ -8,16 +8,13 @@ malformed file raises :class:`DatasetError` naming it. The public API is
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
-import http.client
 import importlib.util
 import io
 import math
 import pickle
 import tarfile
-import urllib.error
-import urllib.parse
-import urllib.request
 import zipfile
 import zlib
 from collections.abc import Iterable
@@ -26,6 +23,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ibjax import _download
+from ibjax._download import unreachable_hosts as _unreachable_hosts
+
 if TYPE_CHECKING:
     import tensorflow_datasets as tfds
 
@@ -33,18 +33,18 @@ if TYPE_CHECKING:
 DATASETS: tuple[str, ...] = ("digits", "mnist", "permuted_mnist", "cifar10")
 
 #: Valid ``source`` values for :func:`load_dataset`.
-SOURCES: tuple[str, ...] = ("embedded", "tfds", "idx", "npz", "cifar_pickle")
+SOURCES: tuple[str, ...] = ("embedded", "tfds", "idx", "npz", "cifar_pickle", "cifar_binary")
 
 #: Sources each data set can be read from; the first is the default.
 DATASET_SOURCES: dict[str, tuple[str, ...]] = {
     "digits": ("embedded", "npz"),
     "mnist": ("tfds", "idx", "npz"),
     "permuted_mnist": ("tfds", "idx", "npz"),
-    "cifar10": ("tfds", "cifar_pickle", "npz"),
+    "cifar10": ("tfds", "cifar_pickle", "cifar_binary", "npz"),
 }
 
 #: Sources that read local files at ``path`` (and need it); the others take none.
-PATH_SOURCES: tuple[str, ...] = ("idx", "npz", "cifar_pickle")
+PATH_SOURCES: tuple[str, ...] = ("idx", "npz", "cifar_pickle", "cifar_binary")
 
 _IMAGE_SHAPE: dict[str, tuple[int, int, int]] = {
     "digits": (8, 8, 1),
@@ -66,9 +66,22 @@ _IDX_LABELS_MAGIC = 0x00000801
 
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
-_CIFAR_FOLDER = "cifar-10-batches-py"
-_CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
-_CIFAR_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
+
+@dataclasses.dataclass(frozen=True)
+class _CifarLayout:
+    """Where one of CIFAR-10's distributions keeps its six batches: train 1..5, then test."""
+
+    folder: str
+    archive: str
+    batches: tuple[str, ...]
+
+
+_CIFAR_BATCH_STEMS = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
+# The python version: each batch a pickled dict. The binary version: each batch records of
+# one label byte and 3,072 pixel bytes.
+_CIFAR_PICKLE = _CifarLayout("cifar-10-batches-py", "cifar-10-python.tar.gz", _CIFAR_BATCH_STEMS)
+_CIFAR_BINARY = _CifarLayout("cifar-10-batches-bin", "cifar-10-binary.tar.gz",
+                             tuple(f"{stem}.bin" for stem in _CIFAR_BATCH_STEMS))
 # The only globals a CIFAR-10 python batch refers to: NumPy's array reconstruction
 # (module path of NumPy 1 and of NumPy 2); bytes are handled by _latin1_bytes.
 _CIFAR_PICKLE_GLOBALS = frozenset({
@@ -144,14 +157,23 @@ def _load_digits() -> Splits:
     return images[~test], labels[~test], images[test], labels[test]
 
 
-def _load_tfds(tfds_name: str, name: str, data_dir: str | None) -> Splits:
-    """Reads train and test of a tfds ArrayRecord copy, preparing it first if absent."""
+def _load_tfds(tfds_name: str, name: str, data_dir: str | None, url_checksums: str | None = None) -> Splits:
+    """Reads train and test of a tfds data set: its prepared copy, or else its original files.
+
+    A copy prepared as ArrayRecord is read as it is. Without one, tfds
+    prepares it where TensorFlow is installed; where it is not (Colab's TPU
+    runtimes), or when ``url_checksums`` names a table, ibjax downloads the
+    original files the table lists and reads them with its own readers
+    (:func:`_load_tfds_originals`).
+    """
     # Imported here: tensorflow-datasets is only needed by this source.
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(tfds_name, data_dir=data_dir)
     # Checking that the folder exists first spares a tfds warning about its missing metadata.
     if not (builder.data_path.exists() and builder.is_prepared()):
+        if url_checksums is not None or not _tensorflow_installed():
+            return _load_tfds_originals(builder, name, url_checksums)
         _prepare_tfds(builder, name)
     try:
         sources = builder.as_data_source(split=["train", "test"])
@@ -171,19 +193,46 @@ def _load_tfds(tfds_name: str, name: str, data_dir: str | None) -> Splits:
     return tuple(arrays)
 
 
-def _prepare_tfds(builder: tfds.core.DatasetBuilder, name: str) -> None:
-    """Downloads and prepares ``builder`` as ArrayRecord, or raises a one-line :class:`DatasetError`.
+def _tfds_download_cache(builder: tfds.core.DatasetBuilder) -> Path:
+    """Where ibjax keeps the original files of ``builder``'s data set: ``<tfds data dir>/downloads/ibjax``."""
+    # builder.data_dir is <data dir>/<name>/<version>.
+    return Path(builder.data_dir).parents[1] / "downloads" / "ibjax"
 
-    The cheap checks come first, so that no download starts that is bound to
-    fail: tfds's mnist and cifar10 preparation calls TensorFlow, and its
-    downloader retries for minutes without network.
+
+def _load_tfds_originals(builder: tfds.core.DatasetBuilder, name: str, url_checksums: str | None) -> Splits:
+    """Downloads (once) the original files tfds lists for ``builder`` and reads them without TensorFlow.
+
+    MNIST's four IDX files are read by the IDX reader, CIFAR-10's binary
+    archive by the CIFAR-10 binary reader.
+    """
+    try:
+        table = Path(url_checksums) if url_checksums is not None else _download.tfds_url_checksums(builder.name)
+        files = _download.read_url_checksums(table)
+        paths = _download.download_files(files, _tfds_download_cache(builder), what=f"{builder.name} as tfds lists them "
+                                         "(its tfds copy is not prepared, and preparing it needs TensorFlow)")
+    except _download.NetworkError as e:
+        cache = _tfds_download_cache(builder)
+        raise _tfds_unavailable(builder, name, f"{e}; TensorFlow is not installed, so ibjax downloads the original "
+                                f"files into {cache} when there is network, or reads them there if copied") from None
+    except _download.DownloadError as e:
+        raise DatasetError(str(e)) from None
+    if builder.name == "cifar10":
+        archives = [path for path in paths.values() if path.name.endswith((".tar.gz", ".tgz"))]
+        if len(archives) != 1:
+            raise DatasetError(f"{table}: lists {len(archives)} .tar.gz archives for cifar10; expected one "
+                               f"({_CIFAR_BINARY.archive}).")
+        return _load_cifar_binary(archives[0])
+    return _load_idx(_tfds_download_cache(builder), optional_train=False)
+
+
+def _prepare_tfds(builder: tfds.core.DatasetBuilder, name: str) -> None:
+    """Downloads and prepares ``builder`` as ArrayRecord with TensorFlow, or raises a one-line :class:`DatasetError`.
+
+    The cheap check comes first, so that no download starts that is bound to
+    fail: tfds's downloader retries for minutes without network.
     """
     from tensorflow_datasets.core.download import download_manager, extractor
 
-    if not _tensorflow_installed():
-        raise _tfds_unavailable(
-            builder, name, "preparing it needs TensorFlow, which is not installed: pip install tensorflow-cpu"
-        )
     unreachable = _unreachable_hosts(builder.url_infos or {}, _TFDS_PROBE_TIMEOUT_S)
     if unreachable:
         raise _tfds_unavailable(builder, name, f"no network: cannot reach {', '.join(unreachable)}")
@@ -199,23 +248,6 @@ def _prepare_tfds(builder: tfds.core.DatasetBuilder, name: str) -> None:
 def _tensorflow_installed() -> bool:
     """Whether TensorFlow can be imported, found without importing it (that takes seconds)."""
     return importlib.util.find_spec("tensorflow") is not None
-
-
-def _unreachable_hosts(urls: Iterable[str], timeout: float) -> list[str]:
-    """Hosts of ``urls`` that do not answer an HTTP HEAD within ``timeout`` seconds.
-
-    One request per host, through the proxies the environment names.
-    """
-    url_per_host = {urllib.parse.urlsplit(url).hostname: url for url in urls}
-    unreachable = []
-    for host, url in url_per_host.items():
-        try:
-            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
-        except urllib.error.HTTPError:
-            pass  # The server answered: the host is reachable, whatever the status.
-        except (OSError, http.client.HTTPException):
-            unreachable.append(host)
-    return unreachable
 
 
 def _tfds_unavailable(builder: tfds.core.DatasetBuilder, name: str, reason: str) -> DatasetError:
@@ -317,26 +349,26 @@ def _load_npz(path: Path, name: str) -> Splits:
     return tuple(splits)
 
 
-def _find_cifar(path: Path) -> Path:
-    """The ``cifar-10-batches-py`` folder or ``.tar.gz`` archive that ``path`` names or holds."""
+def _find_cifar(path: Path, layout: _CifarLayout) -> Path:
+    """The batch folder or ``.tar.gz`` archive of ``layout`` that ``path`` names or holds."""
     if path.is_file():
         return path
     if not path.is_dir():
         raise DatasetFileNotFoundError(f"{path}: CIFAR-10 archive or folder not found.")
-    if path.name == _CIFAR_FOLDER or any((path / batch).exists() for batch in _CIFAR_BATCHES):
+    if path.name == layout.folder or any((path / batch).exists() for batch in layout.batches):
         return path
-    for candidate in (path / _CIFAR_FOLDER, path / _CIFAR_ARCHIVE):
+    for candidate in (path / layout.folder, path / layout.archive):
         if candidate.exists():
             return candidate
     raise DatasetFileNotFoundError(
-        f"{path}: holds neither {_CIFAR_FOLDER}/ nor {_CIFAR_ARCHIVE} nor the CIFAR-10 batch files."
+        f"{path}: holds neither {layout.folder}/ nor {layout.archive} nor the CIFAR-10 batch files."
     )
 
 
-def _read_cifar_batches(location: Path) -> list[tuple[str, bytes]]:
+def _read_cifar_batches(location: Path, layout: _CifarLayout) -> list[tuple[str, bytes]]:
     """``(origin, raw bytes)`` of the six batch files, from a folder or a tar archive."""
     if location.is_dir():
-        files = [location / batch for batch in _CIFAR_BATCHES]
+        files = [location / batch for batch in layout.batches]
         missing = [f for f in files if not f.is_file()]
         if missing:
             raise DatasetFileNotFoundError(
@@ -346,7 +378,7 @@ def _read_cifar_batches(location: Path) -> list[tuple[str, bytes]]:
             return [(str(f), f.read_bytes()) for f in files]
         except OSError as e:
             raise DatasetError(f"{location}: cannot read CIFAR-10 batch ({e}).") from e
-    members = [f"{_CIFAR_FOLDER}/{batch}" for batch in _CIFAR_BATCHES]
+    members = [f"{layout.folder}/{batch}" for batch in layout.batches]
     try:
         with tarfile.open(location, "r:*") as tar:
             found = {info.name: info for info in tar.getmembers() if info.isfile()}
@@ -405,15 +437,41 @@ def _parse_cifar_batch(raw: bytes, origin: str) -> tuple[np.ndarray, np.ndarray]
         raise DatasetError(f"{origin}: b'data' must be a uint8 array [N, {pixels}]; got {described}.")
     if not isinstance(labels, list) or any(type(label) is not int for label in labels):
         raise DatasetError(f"{origin}: b'labels' must be a list of int.")
+    return _checked(_channel_major_images(data), np.asarray(labels, np.int64), "cifar10", origin, origin)
+
+
+def _channel_major_images(rows: np.ndarray) -> np.ndarray:
+    """CIFAR-10 rows ``[N, 3072]`` (the red plane, then green, then blue, each row-major) -> ``[N, 32, 32, 3]``."""
     height, width, channels = _IMAGE_SHAPE["cifar10"]
-    # Each row holds the red plane, then green, then blue, each row-major H x W.
-    images = data.reshape(-1, channels, height, width).transpose(0, 2, 3, 1)
-    return _checked(images, np.asarray(labels, np.int64), "cifar10", origin, origin)
+    return rows.reshape(-1, channels, height, width).transpose(0, 2, 3, 1)
+
+
+def _parse_cifar_binary(raw: bytes, origin: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``[N, 32, 32, 3]`` uint8 and labels ``[N]`` int32 of one binary batch.
+
+    Each record is one label byte followed by the image's 3,072 pixel bytes.
+    """
+    record = 1 + math.prod(_IMAGE_SHAPE["cifar10"])
+    if not raw or len(raw) % record:
+        raise DatasetError(f"{origin}: {len(raw)} bytes are not a whole number of {record}-byte CIFAR-10 records "
+                           "(one label byte and 3,072 pixel bytes each).")
+    rows = np.frombuffer(raw, np.uint8).reshape(-1, record)
+    return _checked(_channel_major_images(rows[:, 1:]), rows[:, 0].astype(np.int64), "cifar10", origin, origin)
 
 
 def _load_cifar_pickle(path: Path) -> Splits:
     """Reads CIFAR-10's python batches: ``data_batch_1..5`` for train, ``test_batch`` for test."""
-    batches = [_parse_cifar_batch(raw, origin) for origin, raw in _read_cifar_batches(_find_cifar(path))]
+    return _load_cifar(path, _CIFAR_PICKLE, _parse_cifar_batch)
+
+
+def _load_cifar_binary(path: Path) -> Splits:
+    """Reads CIFAR-10's binary batches: ``data_batch_1..5.bin`` for train, ``test_batch.bin`` for test."""
+    return _load_cifar(path, _CIFAR_BINARY, _parse_cifar_binary)
+
+
+def _load_cifar(path: Path, layout: _CifarLayout, parse) -> Splits:
+    """Reads the six batches of ``layout`` at ``path``: the first five train, the last test."""
+    batches = [parse(raw, origin) for origin, raw in _read_cifar_batches(_find_cifar(path, layout), layout)]
     train, test = batches[:-1], batches[-1:]
     splits = []
     for split in (train, test):

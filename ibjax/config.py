@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -105,6 +106,14 @@ def _validate_data(config) -> None:
     _choice(config, "data.source", DATASET_SOURCES[config.data.name])
     if config.data.source in PATH_SOURCES and not config.data.path:
         raise ConfigError(f"config.data.path is required for config.data.source={config.data.source!r}.")
+    table = config.data.get("url_checksums", "")
+    if not isinstance(table, str):
+        raise ConfigError(f"config.data.url_checksums must be a file path or ''; got {table!r}.")
+    if table and config.data.source != "tfds":
+        raise ConfigError("config.data.url_checksums is only used with config.data.source='tfds'; "
+                          f"got source={config.data.source!r}.")
+    if table and not Path(table).is_file():
+        raise ConfigError(f"config.data.url_checksums: {table} is not a file.")
     _positive_int(config, "data.split_at", allow_zero=True)
     _positive_int(config, "data.num_train", allow_zero=True)
     for field in ("train.progress_bar", "train.tensorboard"):
@@ -296,8 +305,11 @@ def default_config():
 
     config.data = mlc.ConfigDict()
     config.data.name = "digits"       # digits | mnist | permuted_mnist | cifar10
-    config.data.source = "embedded"   # embedded | tfds | idx | npz | cifar_pickle
-    config.data.path = ""             # IDX directory, .npz file or CIFAR-10 pickle archive/folder (offline sources)
+    config.data.source = "embedded"   # embedded | tfds | idx | npz | cifar_pickle | cifar_binary
+    config.data.path = ""             # IDX directory, .npz file or CIFAR-10 archive/folder (offline sources)
+    # tfds without TensorFlow downloads the original files tfds lists (url_checksums/<name>.txt);
+    # a table of the same format here (URL, size, sha256, filename per line) replaces it, e.g. a mirror.
+    config.data.url_checksums = ""
     config.data.split_at = 0          # > 0: re-split train+test at this index
     config.data.permutation_seed = 0  # pixel permutation of permuted_mnist
     config.data.augment = False       # CIFAR pad-4 random crop + flip, on device

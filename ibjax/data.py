@@ -18,6 +18,15 @@ Sources
 * ``"npz"``: one ``.npz`` with ``x_train, y_train, x_test, y_test``.
 * ``"cifar_pickle"``: CIFAR-10's own python version, ``cifar-10-python.tar.gz``
   or its extracted ``cifar-10-batches-py/`` folder.
+* ``"cifar_binary"``: CIFAR-10's binary version, ``cifar-10-binary.tar.gz`` or
+  its extracted ``cifar-10-batches-bin/`` folder (records of one label byte and
+  3,072 pixel bytes).
+
+Without TensorFlow (Colab's TPU runtimes), a tfds data set that is not
+prepared is read from its original files: ibjax downloads those that tfds
+lists for it (URL, size and sha256 from tfds's own ``url_checksums`` table)
+into ``<tfds data dir>/downloads/ibjax/``, verifies them and reads them with
+the IDX or CIFAR-10 binary reader.
 
 A file that is missing, malformed or inconsistent raises one
 :class:`DatasetError` naming the file; nothing is returned half-loaded.
@@ -35,8 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ibjax._sources import (_IMAGE_SHAPE, _NUM_CLASSES, _TFDS_NAME, DATASET_SOURCES, DATASETS, PATH_SOURCES,
-                            SOURCES, DatasetError, DatasetFileNotFoundError, _load_cifar_pickle, _load_digits,
-                            _load_idx, _load_npz, _load_tfds)
+                            SOURCES, DatasetError, DatasetFileNotFoundError, _load_cifar_binary, _load_cifar_pickle,
+                            _load_digits, _load_idx, _load_npz, _load_tfds)
 
 __all__ = [
     "DATASETS",
@@ -128,6 +137,7 @@ def load_dataset(
     split_at: int | None = None,
     permutation_seed: int = 0,
     data_dir: str | None = None,
+    url_checksums: str | Path | None = None,
 ) -> Dataset:
     """Loads a data set into a :class:`Dataset` of uint8 images and int32 labels.
 
@@ -147,10 +157,12 @@ def load_dataset(
       source: one of :data:`SOURCES` valid for ``name``
         (:data:`DATASET_SOURCES`); ``None`` picks the first of those.
       path: directory of IDX files (``source="idx"``), ``.npz`` file
-        (``source="npz"``), or for ``source="cifar_pickle"`` the
+        (``source="npz"``), for ``source="cifar_pickle"`` the
         ``cifar-10-python.tar.gz`` archive, its extracted
-        ``cifar-10-batches-py`` folder, or a directory holding either; must
-        be ``None`` for sources outside :data:`PATH_SOURCES`.
+        ``cifar-10-batches-py`` folder, or a directory holding either, and
+        for ``source="cifar_binary"`` likewise ``cifar-10-binary.tar.gz`` or
+        ``cifar-10-batches-bin``; must be ``None`` for sources outside
+        :data:`PATH_SOURCES`.
       split_at: optional index at which to re-split train + test, with
         ``0 < split_at < total``.
       permutation_seed: seed of the pixel permutation of ``permuted_mnist``;
@@ -158,9 +170,15 @@ def load_dataset(
       data_dir: tensorflow-datasets data directory (``source="tfds"``);
         ``None`` uses the tfds default, ``$TFDS_DATA_DIR`` or
         ``~/tensorflow_datasets``. A data set not prepared there is
-        downloaded and prepared as ArrayRecord, which needs TensorFlow and
-        network; without them a one-line :class:`DatasetError` names the
-        directory and the offline alternatives.
+        downloaded and prepared as ArrayRecord where TensorFlow is installed;
+        where it is not, the original files tfds lists are downloaded into
+        ``<data_dir>/downloads/ibjax/`` (once; verified by size and sha256)
+        and read without TensorFlow. Without network a one-line
+        :class:`DatasetError` names the directory and the offline alternatives.
+      url_checksums: (``source="tfds"``) a table in tfds's ``url_checksums``
+        format (``URL<TAB>size<TAB>sha256<TAB>filename`` per line) to fetch the
+        original files from instead of the one tfds ships, e.g. a mirror;
+        given, it is used whenever the tfds copy is not prepared.
 
     Returns:
       The :class:`Dataset`.
@@ -185,8 +203,9 @@ def load_dataset(
         raise ValueError(
             f"`path` is only used by sources {PATH_SOURCES}; got path={path!r} with source={source!r}."
         )
-    if data_dir is not None and source != "tfds":
-        raise ValueError(f"`data_dir` is only used by source 'tfds'; got source={source!r}.")
+    for argument, value in (("data_dir", data_dir), ("url_checksums", url_checksums)):
+        if value is not None and source != "tfds":
+            raise ValueError(f"`{argument}` is only used by source 'tfds'; got source={source!r}.")
     if split_at is not None and (not isinstance(split_at, int) or isinstance(split_at, bool) or split_at <= 0):
         raise ValueError(f"`split_at` must be None or a positive int; got {split_at!r}.")
     if not isinstance(permutation_seed, int) or isinstance(permutation_seed, bool):
@@ -195,11 +214,13 @@ def load_dataset(
     if source == "embedded":
         splits = _load_digits()
     elif source == "tfds":
-        splits = _load_tfds(_TFDS_NAME[name], name, data_dir)
+        splits = _load_tfds(_TFDS_NAME[name], name, data_dir, None if url_checksums is None else str(url_checksums))
     elif source == "idx":
         splits = _load_idx(Path(path), optional_train=split_at is not None)
     elif source == "cifar_pickle":
         splits = _load_cifar_pickle(Path(path))
+    elif source == "cifar_binary":
+        splits = _load_cifar_binary(Path(path))
     else:
         splits = _load_npz(Path(path), name)
     x_train, y_train, x_test, y_test = splits

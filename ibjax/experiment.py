@@ -245,7 +245,8 @@ def load_data(config: ml_collections.ConfigDict) -> datalib.Dataset:
 
     Args:
       config: experiment config whose ``data`` section holds ``name``,
-        ``source``, ``path`` (``""`` for none), ``split_at`` (``0`` for none),
+        ``source``, ``path`` (``""`` for none), ``url_checksums`` (``""`` for
+        tfds's own table), ``split_at`` (``0`` for none),
         ``permutation_seed`` and ``num_train`` (train on the first
         ``num_train`` training examples; ``0`` for all; the test split is
         unchanged); ``augment`` is applied later, on device.
@@ -263,6 +264,7 @@ def load_data(config: ml_collections.ConfigDict) -> datalib.Dataset:
         path=config.data.path or None,
         split_at=config.data.split_at or None,
         permutation_seed=config.data.permutation_seed,
+        url_checksums=config.data.get("url_checksums") or None,
     )
     num_train = config.data.get("num_train", 0)
     if num_train > len(dataset.y_train):

@@ -62,8 +62,9 @@ __all__ = [
 ]
 
 #: Fields that may differ from a workdir's stored config without making it another run.
-# How a run is launched or shown, not what it computes: a multi-host run may be resumed by one process.
-IGNORED_ON_RESUME: tuple[str, ...] = ("train.progress_bar", "train.tensorboard", "train.steps_per_call", "distributed")
+# How a run is launched, shown or fed (one process may resume a multi-host run), not what it computes.
+IGNORED_ON_RESUME: tuple[str, ...] = ("train.progress_bar", "train.tensorboard", "train.steps_per_call", "distributed",
+                                      "data.url_checksums")
 
 
 class WorkdirError(RuntimeError):

@@ -83,9 +83,9 @@ def test_exported_names_are_consistent():
     "kwargs, fragment",
     [
         (dict(name="fashion"), "`name` must be one of ('digits', 'mnist', 'permuted_mnist', 'cifar10')"),
-        (dict(name="mnist", source="http"), "`source` must be one of ('embedded', 'tfds', 'idx', 'npz', 'cifar_pickle')"),
+        (dict(name="mnist", source="http"), "`source` must be one of ('embedded', 'tfds', 'idx', 'npz', 'cifar_pickle', 'cifar_binary')"),
         (dict(name="digits", source="idx", path="x"), "`source` for 'digits' must be one of ('embedded', 'npz')"),
-        (dict(name="cifar10", source="idx", path="x"), "`source` for 'cifar10' must be one of ('tfds', 'cifar_pickle', 'npz')"),
+        (dict(name="cifar10", source="idx", path="x"), "`source` for 'cifar10' must be one of ('tfds', 'cifar_pickle', 'cifar_binary', 'npz')"),
         (dict(name="mnist", source="idx"), "`path` is required"),
         (dict(name="mnist", source="tfds", path="x"), "`path` is only used"),
         (dict(name="digits", data_dir="x"), "`data_dir` is only used"),
@@ -121,8 +121,9 @@ def test_dataset_checks_its_arrays():
 
 @pytest.fixture(autouse=True)
 def _mocked_tfds_needs_no_preparation(monkeypatch):
-    # mock_data leaves builders unprepared and makes preparing them a no-op;
-    # ibjax's checks before a download (TensorFlow, network) do not apply.
+    # mock_data leaves builders unprepared and makes preparing them a no-op; ibjax's checks
+    # before a download (network) and its TensorFlow-free download path do not apply.
+    monkeypatch.setattr(_sources, "_tensorflow_installed", lambda: True)
     monkeypatch.setattr(_sources, "_prepare_tfds", lambda builder, name: None)
 
 

@@ -179,7 +179,8 @@ def test_cifar_pickle_is_a_cifar10_path_source():
     [
         (dict(name="cifar10", source="cifar_pickle"), "`path` is required for source='cifar_pickle'"),
         (dict(name="mnist", source="cifar_pickle", path="x"), "`source` for 'mnist' must be one of"),
-        (dict(name="cifar10", source="tfds", path="x"), "only used by sources ('idx', 'npz', 'cifar_pickle')"),
+        (dict(name="cifar10", source="tfds", path="x"),
+         "only used by sources ('idx', 'npz', 'cifar_pickle', 'cifar_binary')"),
     ],
 )
 def test_path_checks_name_the_path_sources(kwargs, fragment):
@@ -414,21 +415,27 @@ def assert_one_line_offline_error(exc_info, name: str, tfds_name: str, directory
     assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)  # no chain
     builder = tfds.builder(tfds_name, data_dir=str(directory))
     assert f"tfds data set {tfds_name!r} is not prepared in {directory / tfds_name / str(builder.version)}" in message
-    offline = "cifar_pickle|npz" if name == "cifar10" else "idx|npz"
+    offline = "cifar_pickle|cifar_binary|npz" if name == "cifar10" else "idx|npz"
     assert f"--config.data.source={offline} with --config.data.path=" in message
     assert "TFDS_DATA_DIR" in message and f"~/tensorflow_datasets/{tfds_name}" in message
     assert not (directory / tfds_name).exists()  # nothing half-written
     return message
 
 
-@pytest.mark.parametrize("name, tfds_name", [("mnist", "mnist"), ("permuted_mnist", "mnist"), ("cifar10", "cifar10")])
-def test_tfds_unprepared_without_tensorflow_fails_in_one_line(tmp_path, no_network, monkeypatch, name, tfds_name):
+@pytest.mark.parametrize("name, tfds_name, host", [("mnist", "mnist", "storage.googleapis.com"),
+                                                   ("permuted_mnist", "mnist", "storage.googleapis.com"),
+                                                   ("cifar10", "cifar10", "www.cs.toronto.edu")])
+def test_tfds_unprepared_without_tensorflow_or_network_fails_in_one_line(tmp_path, no_network, monkeypatch, name,
+                                                                          tfds_name, host):
+    # Without TensorFlow ibjax downloads the original files tfds lists (tests/test_download.py);
+    # without network either, it says so before writing anything.
     monkeypatch.setattr(_sources, "_tensorflow_installed", lambda: False)
     with pytest.raises(data.DatasetError) as exc_info:
         data.load_dataset(name, source="tfds", data_dir=str(tmp_path))
     message = assert_one_line_offline_error(exc_info, name, tfds_name, tmp_path)
-    assert "needs TensorFlow" in message
-    assert no_network == []
+    assert f"no network: cannot reach {host}" in message and "TensorFlow is not installed" in message
+    assert str(tmp_path / "downloads" / "ibjax") in message and not (tmp_path / "downloads").exists()
+    assert no_network  # the reachability probe asked, and was refused at once
 
 
 @pytest.mark.parametrize("name, host", [("mnist", "storage.googleapis.com"), ("cifar10", "www.cs.toronto.edu")])

@@ -39,6 +39,8 @@ def test_notebook_is_valid_nbformat_and_uses_no_private_ibjax_name():
     private = re.findall(r"\b(?:ibjax|configlib|experiment|train|analysis|plotting|workdirlib)\._(?!_)\w*", code)
     assert not private, private
     assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), "commit it without outputs"
+    # No download code of its own: data sets come through ibjax (tfds, or tfds's original files).
+    assert "urllib" not in code and "urlretrieve" not in code and "requests." not in code
     for tag in ("settings", "install", "devices", "simulate-disconnect", "train", "analysis", "plots", "tensorboard"):
         _cell(nb, tag)
 

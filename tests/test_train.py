@@ -177,13 +177,17 @@ def test_headline_cifar_command_without_data_fails_in_one_line_before_touching_d
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", str(ROOT / "configs" / "cifar_condvar.py"),
          "--workdir", str(workdir)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "TFDS_DATA_DIR": str(tmp_path / "tfds")},
+        capture_output=True, text=True, timeout=300,
+        # No network, whatever this machine has: every request goes to a proxy on a closed port.
+        env={**os.environ, "TFDS_DATA_DIR": str(tmp_path / "tfds"), "http_proxy": "http://127.0.0.1:9",
+             "https_proxy": "http://127.0.0.1:9", "no_proxy": ""},
     )
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: tfds data set 'cifar10' is not prepared in " + str(tmp_path / "tfds"))
-    assert "--config.data.source=cifar_pickle|npz" in lines[0] and "TFDS_DATA_DIR" in lines[0]
+    assert "--config.data.source=cifar_pickle|cifar_binary|npz" in lines[0] and "TFDS_DATA_DIR" in lines[0]
+    assert "no network: cannot reach www.cs.toronto.edu" in lines[0]
     assert not workdir.exists()
 
 

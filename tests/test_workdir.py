@@ -69,10 +69,13 @@ def test_run_differences_has_one_ignore_list():
     assert workdirlib.run_differences(stored, configlib.to_dict(digits_config(train__plateau_examples=60000))) == [
         "train.plateau_examples: stored 0, now 60000"]
     assert workdirlib.IGNORED_ON_RESUME == ("train.progress_bar", "train.tensorboard", "train.steps_per_call",
-                                            "distributed")
+                                            "distributed", "data.url_checksums")
     distributed = configlib.to_dict(digits_config())
     distributed["distributed"] = True
     assert workdirlib.run_differences(stored, distributed) == []
+    mirrored = configlib.to_dict(digits_config())
+    mirrored["data"]["url_checksums"] = "/mirror/url_checksums.txt"  # where verified files come from
+    assert workdirlib.run_differences(stored, mirrored) == []
 
 
 def test_member_workdirs_are_named_by_index_and_gamma(tmp_path):
