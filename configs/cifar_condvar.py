@@ -20,4 +20,7 @@ def get_config():
     config.train.num_epochs = 100
     config.train.batch_size = 128
     config.train.plateau_examples = 50000
+    # The live information plane every epoch: an epoch here is long against its cost
+    # (benchmarks/RESULTS.md, "Live information plane").
+    config.train.analyze_every = 1
     return config

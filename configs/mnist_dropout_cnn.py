@@ -16,4 +16,7 @@ def get_config():
     config.model.num_samples = 12
     config.objective.regularizer = "none"
     config.train.num_epochs = 30
+    # The live information plane every epoch: an epoch here is long against its cost
+    # (benchmarks/RESULTS.md, "Live information plane").
+    config.train.analyze_every = 1
     return config

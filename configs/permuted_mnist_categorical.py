@@ -43,4 +43,7 @@ def get_config():
     config.train.num_epochs = 100
     config.train.learning_rate = 1e-4
     config.train.plateau_examples = 60000
+    # The live information plane every epoch: an epoch here is long against its cost
+    # (benchmarks/RESULTS.md, "Live information plane").
+    config.train.analyze_every = 1
     return config

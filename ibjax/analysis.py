@@ -46,7 +46,7 @@ from ibjax.io import append_jsonl, read_jsonl
 __all__ = ["ESTIMATORS", "continuous_quantities", "mixture_quantities", "vib_mixture_quantities",
            "dropout_quantities", "categorical_quantities",
            "gaussian_conditional_entropy", "impossible_value_flags", "make_latent_fn", "compute_latents",
-           "analyze_run"]
+           "make_analyzer", "information_plane_record", "analyze_run"]
 
 #: Valid ``estimator`` values of :func:`analyze_run`: the Gaussian-mixture bounds
 #: for noisy deterministic latents (k-NN where they do not apply), or k-NN always.
@@ -463,20 +463,26 @@ def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = 
         return _analyze_checkpoints(run, k, max_examples, progress, estimator, records_name)
 
 
-def _analyze_checkpoints(run: experiment.RunCheckpoints, k: int, max_examples: int, progress: bool,
-                         estimator: str, records_name: str, num_dropout_draws: int = 8) -> list[dict]:
-    from tqdm.auto import tqdm
+def make_analyzer(model, config, *, estimator: str = "mixture", k: int = 3, num_dropout_draws: int = 8):
+    """``(state, images, labels, num_classes) -> quantities`` of one run's state, the estimator chosen per latent.
 
-    config, dataset, workdir = run.experiment.config, run.experiment.dataset, run.workdir
-    model = run.experiment.model
-    images, labels = dataset.x_train, dataset.y_train
-    if max_examples:
-        images, labels = images[:max_examples], labels[:max_examples]
-    metrics_path = workdir / "metrics.jsonl"
-    metrics = {m["epoch"]: m for m in (read_jsonl(metrics_path) if metrics_path.exists() else [])}
-    out_path = workdir / records_name
-    done = _read_done_epochs(out_path)
-    epochs = [e for e in run.epochs if e not in done]
+    The one choice of estimator per latent kind, shared by :func:`analyze_run`
+    (on checkpoints) and the training loop (``train.analyze_every``):
+    categorical Z exact (:func:`categorical_quantities`); a Dropout encoder's
+    continuous Z by the mixture bounds over sampled masks
+    (:func:`dropout_quantities`); a VIB latent by the diagonal-Gaussian mixture
+    bound (:func:`vib_mixture_quantities`); a deterministic encoder with
+    zero-entropy noise by the Gaussian-mixture bounds
+    (:func:`mixture_quantities`); otherwise, or with ``estimator='knn'``, k-NN
+    (:func:`continuous_quantities`). The functions are compiled once here.
+
+    Args:
+      model: the run's Flax model.
+      config: the run's config (one member's).
+      estimator: one of :data:`ESTIMATORS`.
+      k: neighbours of the k-NN estimators.
+      num_dropout_draws: Dropout masks sampled per example.
+    """
     latent_fn = make_latent_fn(model, config)
     scale_fn = make_latent_fn(model, config, scale=True) if config.model.latent == "vib" else None
     use_mixture = (estimator == "mixture" and config.model.latent == "continuous" and config.model.noise
@@ -485,39 +491,65 @@ def _analyze_checkpoints(run: experiment.RunCheckpoints, k: int, max_examples: i
     vib_mixture = estimator == "mixture" and config.model.latent == "vib"
     vib_mean_fn = make_latent_fn(model, config, mean=True) if vib_mixture else None
     dropout_fn = _make_noise_free_latent_fn(model, config, train=True)
+
+    def analyze(state, images, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+        if config.model.latent == "categorical":
+            return categorical_quantities(np.asarray(compute_latents(latent_fn, state, images)[0]), labels,
+                                          num_classes)
+        if config.model.encoder == "dropout_cnn" and config.model.latent == "continuous":
+            # One definition of Z for every quantity: the train-mode latent, Dropout included.
+            draws = compute_latents(dropout_fn, state, images, num_draws=num_dropout_draws, rng=jax.random.key(1))
+            return dropout_quantities(np.asarray(draws), labels, num_classes,
+                                      ZERO_ENTROPY_STD if config.model.noise else None)
+        if vib_mixture:
+            return vib_mixture_quantities(compute_latents(vib_mean_fn, state, images)[0],
+                                          compute_latents(scale_fn, state, images)[0], labels, num_classes)
+        if use_mixture:
+            means = compute_latents(mean_fn, state, images)[0]
+            return mixture_quantities(np.asarray(means), labels, num_classes, ZERO_ENTROPY_STD)
+        latents = compute_latents(latent_fn, state, images)[0]
+        h, method = _h_z_given_x(config, None, scale_fn, state, images, k)
+        return continuous_quantities(np.asarray(latents), labels, num_classes, h_z_given_x=h,
+                                     h_z_given_x_method=method, k=k)
+
+    return analyze
+
+
+def information_plane_record(config, epoch: int, quantities: dict[str, Any], metrics: dict[str, Any],
+                             num_examples: int) -> dict[str, Any]:
+    """One information-plane record: the epoch, γ, the quantities, the epoch's accuracies and the ``flags``."""
+    record = {
+        "epoch": epoch,
+        "gamma": float(config.objective.gamma),
+        "regularizer": config.objective.regularizer,
+        **quantities,
+        "train_cross_entropy": metrics.get("train_decoder_cross_entropy", math.nan),
+        "train_accuracy": metrics.get("train_accuracy", math.nan),
+        "test_accuracy": metrics.get("test_accuracy", math.nan),
+    }
+    record["flags"] = impossible_value_flags(record, num_examples)
+    return record
+
+
+def _analyze_checkpoints(run: experiment.RunCheckpoints, k: int, max_examples: int, progress: bool,
+                         estimator: str, records_name: str) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    config, dataset, workdir = run.experiment.config, run.experiment.dataset, run.workdir
+    images, labels = dataset.x_train, dataset.y_train
+    if max_examples:
+        images, labels = images[:max_examples], labels[:max_examples]
+    metrics_path = workdir / "metrics.jsonl"
+    metrics = {m["epoch"]: m for m in (read_jsonl(metrics_path) if metrics_path.exists() else [])}
+    out_path = workdir / records_name
+    done = _read_done_epochs(out_path)
+    epochs = [e for e in run.epochs if e not in done]
+    analyze = make_analyzer(run.experiment.model, config, estimator=estimator, k=k)
     records = []
     for epoch in tqdm(epochs, desc=f"analyse {workdir.name}", unit="ckpt", disable=not progress):
         state, _ = run.restore(epoch)
-        latents = compute_latents(latent_fn, state, images)[0]
-        if config.model.latent == "categorical":
-            quantities = categorical_quantities(np.asarray(latents), labels, dataset.num_classes)
-        elif config.model.encoder == "dropout_cnn" and config.model.latent == "continuous":
-            # One definition of Z for every quantity: the train-mode latent, Dropout included.
-            draws = compute_latents(dropout_fn, state, images, num_draws=num_dropout_draws, rng=jax.random.key(1))
-            quantities = dropout_quantities(np.asarray(draws), labels, dataset.num_classes,
-                                            ZERO_ENTROPY_STD if config.model.noise else None)
-        elif vib_mixture:
-            quantities = vib_mixture_quantities(compute_latents(vib_mean_fn, state, images)[0],
-                                                compute_latents(scale_fn, state, images)[0], labels,
-                                                dataset.num_classes)
-        elif use_mixture:
-            means = compute_latents(mean_fn, state, images)[0]
-            quantities = mixture_quantities(np.asarray(means), labels, dataset.num_classes, ZERO_ENTROPY_STD)
-        else:
-            h, method = _h_z_given_x(config, None, scale_fn, state, images, k)
-            quantities = continuous_quantities(np.asarray(latents), labels, dataset.num_classes, h_z_given_x=h,
-                                               h_z_given_x_method=method, k=k)
-        m = metrics.get(epoch, {})
-        record = {
-            "epoch": epoch,
-            "gamma": float(config.objective.gamma),
-            "regularizer": config.objective.regularizer,
-            **quantities,
-            "train_cross_entropy": m.get("train_decoder_cross_entropy", math.nan),
-            "train_accuracy": m.get("train_accuracy", math.nan),
-            "test_accuracy": m.get("test_accuracy", math.nan),
-        }
-        record["flags"] = impossible_value_flags(record, len(labels))
+        quantities = analyze(state, images, labels, dataset.num_classes)
+        record = information_plane_record(config, epoch, quantities, metrics.get(epoch, {}), len(labels))
         append_jsonl(out_path, record)
         records.append(record)
     return records

@@ -26,6 +26,11 @@ JOINTS: tuple[str, ...] = ("batch", "epoch")
 #: (benchmarks/RESULTS.md): see there for the measurement.
 STEPS_PER_CALL: int = 100
 
+#: The defaults of ``train.analyze_every`` and ``train.analyze_examples`` (the live information
+#: plane), chosen by ``benchmarks/live_plane.py`` (benchmarks/RESULTS.md) to cost <= 10% of an epoch.
+ANALYZE_EVERY: int = 20
+ANALYZE_EXAMPLES: int = 1000
+
 #: Valid ``objective.loss`` values.
 LOSSES: tuple[str, ...] = ("cross_entropy", "decoder_uncertainty")
 
@@ -169,6 +174,8 @@ def _validate_training(config, num_devices: int) -> None:
     _positive_int(config, "checkpoint.max_to_keep", allow_zero=True)
     _positive_int(config, "train.plateau_examples", allow_zero=True)
     _positive_int(config, "train.steps_per_call", allow_zero=True)
+    _positive_int(config, "train.analyze_every", allow_zero=True)
+    _positive_int(config, "train.analyze_examples", allow_zero=True)
     _nonneg_float(config, "train.learning_rate", positive=True)
     factor = _get(config, "train.plateau_factor")
     # optax's reduce_on_plateau rejects 1.0; a constant rate is a patience longer than the run.
@@ -307,9 +314,7 @@ def default_config():
     config.data.name = "digits"       # digits | mnist | permuted_mnist | cifar10
     config.data.source = "embedded"   # embedded | tfds | idx | npz | cifar_pickle | cifar_binary
     config.data.path = ""             # IDX directory, .npz file or CIFAR-10 archive/folder (offline sources)
-    # tfds without TensorFlow downloads the original files tfds lists (url_checksums/<name>.txt);
-    # a table of the same format here (URL, size, sha256, filename per line) replaces it, e.g. a mirror.
-    config.data.url_checksums = ""
+    config.data.url_checksums = ""    # tfds without TensorFlow: a table replacing tfds's url_checksums (mirror)
     config.data.split_at = 0          # > 0: re-split train+test at this index
     config.data.permutation_seed = 0  # pixel permutation of permuted_mnist
     config.data.augment = False       # CIFAR pad-4 random crop + flip, on device
@@ -350,11 +355,13 @@ def default_config():
     config.train.plateau_patience = 3
     config.train.plateau_examples = 60000
     config.train.progress_bar = True
-    # Training steps per compiled call (one lax.scan; 0: the whole epoch). Not part of a
-    # run's identity: a run may resume with another value. The calls share an epoch evenly.
-    # On the CPU backend, convolutional encoders run 1 (Experiment.steps_per_call says why).
+    # Steps per compiled call (lax.scan; 0: the whole epoch), not part of a run's identity;
+    # the calls share an epoch evenly (CPU convolutional encoders: 1, see Experiment.steps_per_call).
     config.train.steps_per_call = STEPS_PER_CALL
     config.train.tensorboard = True   # per-epoch scalars as TensorBoard event files beside metrics.jsonl
+    # Live information plane every analyze_every epochs (0: off) on analyze_examples examples (0: all).
+    config.train.analyze_every = ANALYZE_EVERY
+    config.train.analyze_examples = ANALYZE_EXAMPLES
 
     # A population trains its members in one vmapped step: one per (gamma, seed) of
     # gammas x (seed, seed + 1, ..., seed + num_seeds - 1). Empty gammas: objective.gamma;
@@ -363,9 +370,8 @@ def default_config():
     config.population.gammas = ()
     config.population.num_seeds = 0
 
-    # Section 7.2 (Fig 4): after epoch e, rescale the noise-free latent to a mean-field
-    # entropy bound of schedule[e - 1] nats (later epochs keep the last cap), compensated
-    # in the linear decoder. Empty: off.
+    # Section 7.2 (Fig 4): after epoch e, rescale the noise-free latent to a mean-field entropy bound
+    # of schedule[e - 1] nats (later epochs keep the last cap), compensated in the decoder. Empty: off.
     config.capping = mlc.ConfigDict()
     config.capping.schedule = ()
     config.capping.num_examples = 10000   # training examples for the latent moments (0: all)

@@ -108,7 +108,9 @@ def load_run(workdir: str | pathlib.Path, records_name: str = "information_plane
         ``information_plane_knn.jsonl`` from ``analyze.py --estimator=knn``.
 
     Returns:
-      The :class:`Run`; ``information_plane`` is empty when its file is missing.
+      The :class:`Run`. Without the ``records_name`` file, ``information_plane``
+      holds the records the training loop wrote into ``metrics.jsonl``
+      (``train.analyze_every``), or nothing.
 
     Raises:
       FileNotFoundError: ``config.json`` or ``metrics.jsonl`` is missing.
@@ -120,12 +122,12 @@ def load_run(workdir: str | pathlib.Path, records_name: str = "information_plane
             raise FileNotFoundError(f"workdir {workdir} has no {name}")
     config = configlib.read_stored(workdir / "config.json")
     information_plane_path = workdir / records_name
-    return Run(
-        workdir=workdir,
-        config=config,
-        metrics=read_jsonl(workdir / "metrics.jsonl"),
-        information_plane=read_jsonl(information_plane_path) if information_plane_path.is_file() else [],
-    )
+    metrics = read_jsonl(workdir / "metrics.jsonl")
+    if information_plane_path.is_file():
+        information_plane = read_jsonl(information_plane_path)
+    else:  # The records the training loop made (train.analyze_every), if any.
+        information_plane = [m["information_plane"] for m in metrics if m.get("information_plane")]
+    return Run(workdir=workdir, config=config, metrics=metrics, information_plane=information_plane)
 
 
 def save_figure(fig: Figure, path_without_suffix: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:

@@ -57,7 +57,7 @@ from ibjax import data as datalib
 from ibjax import experiment as experimentlib
 from ibjax import records as recordslib
 from ibjax import step as steplib
-from ibjax import tensorboard
+from ibjax import summaries
 from ibjax import workdir as workdirlib
 from ibjax.io import append_jsonl, read_jsonl, write_jsonl
 from ibjax.step import NonFiniteError
@@ -199,6 +199,8 @@ class Run:
     stop: workdirlib.StopRequests
     managers: list
     writers: list
+    figure_writer: Any
+    monitor: summaries.InformationPlaneMonitor | None
     primary: bool
     x_train: jax.Array
     y_train: jax.Array
@@ -232,11 +234,22 @@ def open_run(experiment: experimentlib.Experiment, workdir: Path, run_dirs: list
         cleanup.callback(manager.wait_until_finished)
     primary = workdirlib.is_primary()
     # TensorBoard event files beside each metrics.jsonl (which stays what analysis and plots read).
-    writers = ([cleanup.enter_context(tensorboard.ScalarWriter(d)) for d in run_dirs]
-               if config.train.get("tensorboard", True) and primary else [])
+    tensorboard = config.train.get("tensorboard", True) and primary
+    writers = [summaries.open_writer(d, latest_epoch(managers)) for d in run_dirs] if tensorboard else []
+    # A population's information plane is one figure, beside its members.
+    figure_writer = (writers[0] if run_dirs == [workdir] else summaries.open_writer(workdir, latest_epoch(managers))
+                     ) if tensorboard else None
+    for writer in writers + ([figure_writer] if figure_writer not in writers + [None] else []):
+        cleanup.callback(writer.close)
+    # In-loop information plane (single-process: its estimators read the latents on the host).
+    monitor = summaries.InformationPlaneMonitor(experiment) if config.train.get("analyze_every", 0) else None
+    if monitor is not None and workdirlib.is_multiprocess():
+        print("train.analyze_every is ignored in a multi-process run; run scripts/analyze.py on its checkpoints.")
+        monitor = None
     keys = experiment.keys()
     return Run(experiment=experiment, workdir=workdir, run_dirs=run_dirs, stop=stop, managers=managers,
-               writers=writers, primary=primary, **dict(zip(("x_train", "y_train", "x_test", "y_test"),
+               writers=writers, figure_writer=figure_writer, monitor=monitor, primary=primary,
+               **dict(zip(("x_train", "y_train", "x_test", "y_test"),
                                                             experiment.device_data())),
                train_key=keys["train"], eval_key=keys["eval"], gamma=experiment.gammas(),
                evaluator=experiment.evaluator(),
@@ -246,13 +259,18 @@ def open_run(experiment: experimentlib.Experiment, workdir: Path, run_dirs: list
 def restore_or_init(run: Run) -> tuple[steplib.TrainState, int]:
     """The state to continue from and its epoch (0: a fresh run)."""
     exp = run.experiment
-    start_epoch = min(m.latest_step() or 0 for m in run.managers)
+    start_epoch = latest_epoch(run.managers)
     if not start_epoch:
         return exp.init_state(), 0
     template = exp.state_template()
     states = [workdirlib.restore_state(m, start_epoch, template)[0] for m in run.managers]
     run.say(f"Resuming {run.workdir} from the checkpoint of epoch {start_epoch}.")
     return jax.device_put(steplib.stack_members(states), exp.replicated), start_epoch
+
+
+def latest_epoch(managers) -> int:
+    """The epoch every member has a checkpoint of, that a run resumes from (0: none)."""
+    return min(m.latest_step() or 0 for m in managers)
 
 
 def drop_records_after(run: Run, epoch: int) -> None:
@@ -355,18 +373,22 @@ def write_records(run: Run, state, totals, epoch: int, evaluations: dict, timing
     exp = run.experiment
     lr = np.asarray(jax.device_get(steplib.learning_rate(run.config, state)))
     steps = np.asarray(jax.device_get(state.step))
-    records = []
-    for i, member in enumerate(exp.members):
-        record = recordslib.epoch_record(member, i, epoch, steps[i], totals, evaluations["train"],
-                                         evaluations["test"], lr[i])
-        record.update(**timing, **evaluations["capped"][i])
+    records = [dict(recordslib.epoch_record(member, i, epoch, steps[i], totals, evaluations["train"],
+                                            evaluations["test"], lr[i]), **timing, **evaluations["capped"][i])
+               for i, member in enumerate(exp.members)]
+    analysed = run.monitor is not None and run.monitor.due(epoch)
+    if analysed:
+        for record, plane in zip(records, run.monitor.records(state, epoch, records)):
+            record[summaries.INFORMATION_PLANE] = plane
+    for i, record in enumerate(records):
         if run.primary:
             append_jsonl(run.run_dirs[i] / "metrics.jsonl", record)
         if run.writers:
-            tensorboard.write_record_scalars(run.writers[i], record)
+            summaries.write_record(run.writers[i], record)
         label = recordslib.member_label(exp.members, i).replace("gamma=", "γ=").replace(" and ", " ")
         run.say((f"[{label}] " if label else "") + recordslib.summary_line(record))
-        records.append(record)
+    if run.figure_writer is not None and analysed and run.monitor.figure_due(epoch):
+        summaries.write_information_plane(run.figure_writer, run.run_dirs, epoch)
     return records
 
 

@@ -64,7 +64,7 @@ __all__ = [
 #: Fields that may differ from a workdir's stored config without making it another run.
 # How a run is launched, shown or fed (one process may resume a multi-host run), not what it computes.
 IGNORED_ON_RESUME: tuple[str, ...] = ("train.progress_bar", "train.tensorboard", "train.steps_per_call", "distributed",
-                                      "data.url_checksums")
+                                      "data.url_checksums", "train.analyze_every", "train.analyze_examples")
 
 
 class WorkdirError(RuntimeError):

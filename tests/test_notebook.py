@@ -91,6 +91,10 @@ def test_notebook_runs_quick_mode_end_to_end(tmp_path, monkeypatch):
         assert epochs == [1, 2], (member, epochs)  # the resumed run logs each epoch once
         plane = [json.loads(line)["epoch"] for line in (member / "information_plane.jsonl").read_text().splitlines()]
         assert sorted(plane) == [1, 2], (member, plane)
+        live = [json.loads(line).get("information_plane") for line in (member / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in live] == [1, 2], member  # the live information plane (ANALYZE_EVERY = 1)
+    # The population's information-plane figure, beside its members, for %tensorboard.
+    assert list((runs_root / "digits_condvar_quick_3gammas").glob("events.out.tfevents*"))
 
     def text(tag):
         return "".join(o.get("text", "") for o in _cell(nb, tag).outputs if o.output_type == "stream")

@@ -69,7 +69,8 @@ def test_run_differences_has_one_ignore_list():
     assert workdirlib.run_differences(stored, configlib.to_dict(digits_config(train__plateau_examples=60000))) == [
         "train.plateau_examples: stored 0, now 60000"]
     assert workdirlib.IGNORED_ON_RESUME == ("train.progress_bar", "train.tensorboard", "train.steps_per_call",
-                                            "distributed", "data.url_checksums")
+                                            "distributed", "data.url_checksums", "train.analyze_every",
+                                            "train.analyze_examples")
     distributed = configlib.to_dict(digits_config())
     distributed["distributed"] = True
     assert workdirlib.run_differences(stored, distributed) == []
