@@ -381,10 +381,10 @@ def write_records(run: Run, state, totals, epoch: int, evaluations: dict, timing
         for record, plane in zip(records, run.monitor.records(state, epoch, records)):
             record[summaries.INFORMATION_PLANE] = plane
     for i, record in enumerate(records):
+        if run.writers:  # TensorBoard first: the metrics.jsonl line is what marks the epoch as written
+            summaries.write_record(run.writers[i], record)
         if run.primary:
             append_jsonl(run.run_dirs[i] / "metrics.jsonl", record)
-        if run.writers:
-            summaries.write_record(run.writers[i], record)
         label = recordslib.member_label(exp.members, i).replace("gamma=", "γ=").replace(" and ", " ")
         run.say((f"[{label}] " if label else "") + recordslib.summary_line(record))
     if run.figure_writer is not None and analysed and run.monitor.figure_due(epoch):
