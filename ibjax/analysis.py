@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -39,14 +40,14 @@ import numpy as np
 from ibjax import data as datalib
 from scipy import special
 
-from ibjax import estimators, evaluation, experiment, information
+from ibjax import capping, estimators, evaluation, experiment, information, latents
 from ibjax.losses import ZERO_ENTROPY_STD
 from ibjax.io import append_jsonl, read_jsonl
 
 __all__ = ["ESTIMATORS", "continuous_quantities", "mixture_quantities", "vib_mixture_quantities",
            "dropout_quantities", "categorical_quantities",
            "gaussian_conditional_entropy", "impossible_value_flags", "make_latent_fn", "compute_latents",
-           "make_analyzer", "information_plane_record", "analyze_run"]
+           "noise_free_latent_fn", "make_analyzer", "RECIPES", "information_plane_record", "analyze_run"]
 
 #: Valid ``estimator`` values of :func:`analyze_run`: the Gaussian-mixture bounds
 #: for noisy deterministic latents (k-NN where they do not apply), or k-NN always.
@@ -373,8 +374,8 @@ def make_latent_fn(model, config, *, stochastic: bool = False, scale: bool = Fal
     ``scale`` returns the encoder scales σ(x) ``[B, K]`` of a VIB latent instead,
     ``mean`` its means μ(x).
     """
-    categorical = config.model.latent == "categorical"
-    if (scale or mean) and config.model.latent != "vib":
+    kind = latents.of(config.model)
+    if (scale or mean) and not kind.has_scale:
         raise ValueError(f"`scale=True` and `mean=True` need config.model.latent='vib'; got {config.model.latent!r}.")
     key_out = "z_scale" if scale else "z_mean" if mean else "z"
 
@@ -384,7 +385,7 @@ def make_latent_fn(model, config, *, stochastic: bool = False, scale: bool = Fal
         dropout_key, noise_key = jax.random.split(key)
         variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
         out = model.apply(variables, x, train=stochastic, num_samples=1, rngs={"dropout": dropout_key, "noise": noise_key})
-        return jnp.exp(out["z_log_probs"][0]) if categorical else out[key_out][0]
+        return kind.point(out, key_out)
 
     return latent_fn
 
@@ -397,30 +398,28 @@ def compute_latents(latent_fn, state, images, *, num_draws: int = 1, rng=None, b
 
 
 def _h_z_given_x(config, stochastic_fn, scale_fn, state, images, k: int):
-    """H[Z|X] and how it was obtained, for a VIB latent or a deterministic encoder's continuous latent.
+    """H[Z|X] and how it was obtained, by the latent kind's ``h_z_given_x_method``.
 
     (Dropout encoders' continuous latents go through :func:`dropout_quantities`.)
     """
     del stochastic_fn, k  # kept for the signature callers use
-    if config.model.latent == "vib":
-        # Eval mode: Dropout is off, so Z|x is exactly N(μ(x), diag σ(x)²).
+    method = latents.of(config.model).h_z_given_x_method
+    if method == "exact_gaussian":
         scales = compute_latents(scale_fn, state, images)[0]
-        return float(gaussian_conditional_entropy(scales)), "exact_gaussian"
-    return (0.0, "exact_zero") if config.model.noise else (None, "undefined")
+        return float(gaussian_conditional_entropy(scales)), method
+    return (0.0 if method == "exact_zero" else None), method
 
 
-def _make_noise_free_latent_fn(model, config, train: bool = False):
-    """Jitted ``(state, images_uint8, key) -> f(x)`` ``[B, K]``: the latent before its noise.
+def noise_free_latent_fn(model, config, train: bool = False):
+    """Jitted ``(state, images_uint8, key) -> f(x)`` ``[B, K]``: a continuous latent before its noise.
 
     Eval mode, or with ``train`` the Dropout masks drawn from ``key``.
     """
-    quiet = model.clone(noise=False)
-
     @jax.jit
     def mean_fn(state, batch, key):
         variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
         x = datalib.preprocess(batch, config.data.name)
-        return quiet.apply(variables, x, train=train, num_samples=1, rngs={"dropout": key})["z"][0]
+        return capping.noise_free_latent(model, variables, x, train=train, rng=key)
 
     return mean_fn
 
@@ -466,15 +465,17 @@ def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = 
 def make_analyzer(model, config, *, estimator: str = "mixture", k: int = 3, num_dropout_draws: int = 8):
     """``(state, images, labels, num_classes) -> quantities`` of one run's state, the estimator chosen per latent.
 
-    The one choice of estimator per latent kind, shared by :func:`analyze_run`
-    (on checkpoints) and the training loop (``train.analyze_every``):
-    categorical Z exact (:func:`categorical_quantities`); a Dropout encoder's
-    continuous Z by the mixture bounds over sampled masks
-    (:func:`dropout_quantities`); a VIB latent by the diagonal-Gaussian mixture
-    bound (:func:`vib_mixture_quantities`); a deterministic encoder with
+    The latent kind chooses (:meth:`ibjax.latents.LatentKind.analyzer`), for
+    :func:`analyze_run` (on checkpoints) and the training loop
+    (``train.analyze_every``) alike: categorical Z exact
+    (:func:`categorical_quantities`); a Dropout encoder's continuous Z by the
+    mixture bounds over sampled masks (:func:`dropout_quantities`); a VIB
+    latent by the diagonal-Gaussian mixture bound
+    (:func:`vib_mixture_quantities`); a deterministic encoder with
     zero-entropy noise by the Gaussian-mixture bounds
     (:func:`mixture_quantities`); otherwise, or with ``estimator='knn'``, k-NN
-    (:func:`continuous_quantities`). The functions are compiled once here.
+    (:func:`continuous_quantities`). The recipes are in :data:`RECIPES`; the
+    functions are compiled once here.
 
     Args:
       model: the run's Flax model.
@@ -483,36 +484,74 @@ def make_analyzer(model, config, *, estimator: str = "mixture", k: int = 3, num_
       k: neighbours of the k-NN estimators.
       num_dropout_draws: Dropout masks sampled per example.
     """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"`estimator` must be one of {ESTIMATORS}; got {estimator!r}.")
+    recipe = latents.of(config.model).estimators[estimator]
+    return RECIPES[recipe](model, config, k=k, num_dropout_draws=num_dropout_draws)
+
+
+def _exact_recipe(model, config, **_):
     latent_fn = make_latent_fn(model, config)
-    scale_fn = make_latent_fn(model, config, scale=True) if config.model.latent == "vib" else None
-    use_mixture = (estimator == "mixture" and config.model.latent == "continuous" and config.model.noise
-                   and config.model.encoder != "dropout_cnn")
-    mean_fn = _make_noise_free_latent_fn(model, config) if use_mixture else None
-    vib_mixture = estimator == "mixture" and config.model.latent == "vib"
-    vib_mean_fn = make_latent_fn(model, config, mean=True) if vib_mixture else None
-    dropout_fn = _make_noise_free_latent_fn(model, config, train=True)
 
     def analyze(state, images, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
-        if config.model.latent == "categorical":
-            return categorical_quantities(np.asarray(compute_latents(latent_fn, state, images)[0]), labels,
-                                          num_classes)
-        if config.model.encoder == "dropout_cnn" and config.model.latent == "continuous":
-            # One definition of Z for every quantity: the train-mode latent, Dropout included.
-            draws = compute_latents(dropout_fn, state, images, num_draws=num_dropout_draws, rng=jax.random.key(1))
-            return dropout_quantities(np.asarray(draws), labels, num_classes,
-                                      ZERO_ENTROPY_STD if config.model.noise else None)
-        if vib_mixture:
-            return vib_mixture_quantities(compute_latents(vib_mean_fn, state, images)[0],
-                                          compute_latents(scale_fn, state, images)[0], labels, num_classes)
-        if use_mixture:
-            means = compute_latents(mean_fn, state, images)[0]
-            return mixture_quantities(np.asarray(means), labels, num_classes, ZERO_ENTROPY_STD)
-        latents = compute_latents(latent_fn, state, images)[0]
+        return categorical_quantities(np.asarray(compute_latents(latent_fn, state, images)[0]), labels, num_classes)
+
+    return analyze
+
+
+def _knn_recipe(model, config, *, k: int, **_):
+    latent_fn = make_latent_fn(model, config)
+    scale_fn = make_latent_fn(model, config, scale=True) if latents.of(config.model).has_scale else None
+
+    def analyze(state, images, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+        z = compute_latents(latent_fn, state, images)[0]
         h, method = _h_z_given_x(config, None, scale_fn, state, images, k)
-        return continuous_quantities(np.asarray(latents), labels, num_classes, h_z_given_x=h,
+        return continuous_quantities(np.asarray(z), labels, num_classes, h_z_given_x=h,
                                      h_z_given_x_method=method, k=k)
 
     return analyze
+
+
+def _mixture_recipe(model, config, **_):
+    mean_fn = noise_free_latent_fn(model, config)
+
+    def analyze(state, images, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+        means = compute_latents(mean_fn, state, images)[0]
+        return mixture_quantities(np.asarray(means), labels, num_classes, ZERO_ENTROPY_STD)
+
+    return analyze
+
+
+def _mixture_diagonal_recipe(model, config, **_):
+    mean_fn = make_latent_fn(model, config, mean=True)
+    scale_fn = make_latent_fn(model, config, scale=True)
+
+    def analyze(state, images, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+        return vib_mixture_quantities(compute_latents(mean_fn, state, images)[0],
+                                      compute_latents(scale_fn, state, images)[0], labels, num_classes)
+
+    return analyze
+
+
+def _dropout_mixture_recipe(model, config, *, num_dropout_draws: int, **_):
+    dropout_fn = noise_free_latent_fn(model, config, train=True)
+    noise_std = ZERO_ENTROPY_STD if config.model.noise else None
+
+    def analyze(state, images, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+        draws = compute_latents(dropout_fn, state, images, num_draws=num_dropout_draws, rng=jax.random.key(1))
+        return dropout_quantities(np.asarray(draws), labels, num_classes, noise_std)
+
+    return analyze
+
+
+#: How the analysis obtains a kind's quantities (:attr:`ibjax.latents.LatentKind.estimators` names one):
+#: ``exact`` (categorical, :func:`categorical_quantities`), ``knn`` (:func:`continuous_quantities`, H[Z|X] by
+#: the kind's ``h_z_given_x_method``), ``mixture`` (:func:`mixture_quantities`), ``mixture_diagonal``
+#: (:func:`vib_mixture_quantities`) and ``dropout_mixture`` (:func:`dropout_quantities` over sampled masks).
+RECIPES: dict[str, Callable[..., Callable]] = {
+    "exact": _exact_recipe, "knn": _knn_recipe, "mixture": _mixture_recipe,
+    "mixture_diagonal": _mixture_diagonal_recipe, "dropout_mixture": _dropout_mixture_recipe,
+}
 
 
 def information_plane_record(config, epoch: int, quantities: dict[str, Any], metrics: dict[str, Any],

@@ -38,7 +38,7 @@ import numpy as np
 from flax.core import FrozenDict
 
 from ibjax import data as datalib
-from ibjax import evaluation, losses, models, step
+from ibjax import evaluation, latents, losses, models, step
 
 __all__ = [
     "CAPPABLE_ENCODERS",
@@ -65,7 +65,7 @@ def _check_model(model: models.IBModel) -> None:
             f"entropy capping rewrites the last dense layer of the encoder; `model.encoder` must be one of "
             f"{list(CAPPABLE_ENCODERS)}; got {model.encoder!r}."
         )
-    if model.latent != "continuous":
+    if not latents.of(model).cappable:
         raise ValueError(f"entropy capping needs `model.latent='continuous'`; got {model.latent!r}.")
     if model.decoder != "linear":
         raise ValueError(
@@ -170,21 +170,26 @@ def entropy_cap_scale(cap: float, num_dims: int) -> float:
     return math.exp(log_alpha)
 
 
-def noise_free_latent(model: models.IBModel, variables: Any, x: jax.Array) -> jax.Array:
-    """The latent Ẑ before its zero-entropy noise, in eval mode: ``[B, K]`` float32.
+def noise_free_latent(model: models.IBModel, variables: Any, x: jax.Array, *, train: bool = False,
+                      rng: jax.Array | None = None) -> jax.Array:
+    """The latent Ẑ before its zero-entropy noise: ``[B, K]`` float32.
 
-    The same network with ``noise=False`` (the noise adds no parameters);
-    Dropout is off. Jit it with the model static, e.g.
+    The same network with ``noise=False`` (the noise adds no parameters), in
+    eval mode (Dropout off) or, with ``train``, with the Dropout masks drawn
+    from ``rng``. Jit it with the model static, e.g.
     ``jax.jit(functools.partial(noise_free_latent, model))``.
 
     Args:
       model: an :class:`ibjax.models.IBModel` with a continuous latent.
       variables: ``{'params': ...}`` (and ``'batch_stats'`` if any).
       x: preprocessed inputs ``[B, ...]``.
+      train: draw the Dropout masks (the analysis of a Dropout encoder's Z).
+      rng: the 'dropout' key, needed with ``train``.
     """
-    if not isinstance(model, models.IBModel) or model.latent != "continuous":
+    if not isinstance(model, models.IBModel) or not latents.of(model).cappable:
         raise ValueError("`model` must be an ibjax.models.IBModel with latent='continuous'.")
-    return model.clone(noise=False).apply(variables, x, train=False, num_samples=1)["z"][0]
+    rngs = {"dropout": rng} if rng is not None else {}
+    return model.clone(noise=False).apply(variables, x, train=train, num_samples=1, rngs=rngs)["z"][0]
 
 
 def _updated(tree: Any, path: tuple[str, ...], updates: dict[str, Any]) -> Any:

@@ -1,4 +1,4 @@
-"""Experiment configs: the default, validation, and JSON round-trips.
+"""Experiment configs: validation and JSON round-trips (the defaults: :mod:`ibjax.defaults`).
 
 A config is an ``ml_collections.ConfigDict`` (see ``configs/default.py``).
 :func:`validate` checks every field a run reads before anything is compiled or
@@ -16,20 +16,15 @@ from typing import Any
 
 import ml_collections
 
+# The defaults live in ibjax.defaults, which imports nothing of ibjax, so that the models and the
+# latent kinds can read them; they are re-exported here, where configs have always found them.
+from ibjax.defaults import ANALYZE_EVERY, ANALYZE_EXAMPLES, STEPS_PER_CALL, default_config, value_or_default
 
-__all__ = ["ConfigError", "LOSSES", "JOINTS", "ABSENT_MEANS", "default_config", "from_file", "with_defaults", "read_stored", "load_stored", "validate", "to_dict", "to_json", "from_json", "differences"]
+
+__all__ = ["ConfigError", "LOSSES", "JOINTS", "ABSENT_MEANS", "default_config", "value_or_default", "from_file", "with_defaults", "read_stored", "load_stored", "validate", "to_dict", "to_json", "from_json", "differences"]
 
 #: Valid ``objective.joint`` values: the p(y|z) that loss='decoder_uncertainty' uses.
 JOINTS: tuple[str, ...] = ("batch", "epoch")
-
-#: The default of ``train.steps_per_call``, chosen by ``benchmarks/train_step.py --chunks``
-#: (benchmarks/RESULTS.md): see there for the measurement.
-STEPS_PER_CALL: int = 100
-
-#: The defaults of ``train.analyze_every`` and ``train.analyze_examples`` (the live information
-#: plane), chosen by ``benchmarks/live_plane.py`` (benchmarks/RESULTS.md) to cost <= 10% of an epoch.
-ANALYZE_EVERY: int = 20
-ANALYZE_EXAMPLES: int = 1000
 
 #: Valid ``objective.loss`` values.
 LOSSES: tuple[str, ...] = ("cross_entropy", "decoder_uncertainty")
@@ -111,7 +106,7 @@ def _validate_data(config) -> None:
     _choice(config, "data.source", DATASET_SOURCES[config.data.name])
     if config.data.source in PATH_SOURCES and not config.data.path:
         raise ConfigError(f"config.data.path is required for config.data.source={config.data.source!r}.")
-    table = config.data.get("url_checksums", "")
+    table = value_or_default(config, "data.url_checksums")
     if not isinstance(table, str):
         raise ConfigError(f"config.data.url_checksums must be a file path or ''; got {table!r}.")
     if table and config.data.source != "tfds":
@@ -131,11 +126,12 @@ def _validate_data(config) -> None:
 
 
 def _validate_model(config) -> None:
+    from ibjax import latents
     from ibjax.losses import CROSS_ENTROPIES, REGULARIZERS
-    from ibjax.models import DECODERS, DTYPES, ENCODERS, LATENTS, PARAM_INITS
+    from ibjax.models import DECODERS, DTYPES, ENCODERS, PARAM_INITS
 
     _choice(config, "model.encoder", ENCODERS)
-    _choice(config, "model.latent", LATENTS)
+    _choice(config, "model.latent", latents.names())
     _choice(config, "model.decoder", DECODERS)
     _choice(config, "dtype", DTYPES)
     _choice(config, "model.init", PARAM_INITS)
@@ -143,7 +139,8 @@ def _validate_model(config) -> None:
     _positive_int(config, "model.num_samples")
     if not isinstance(config.model.noise, bool):
         raise ConfigError(f"config.model.noise must be True or False; got {config.model.noise!r}.")
-    if config.model.noise and config.model.latent in ("categorical", "vib"):
+    kind = latents.of(config.model)
+    if config.model.noise and kind.noise_refusal:
         raise ConfigError("config.model.noise adds zero-entropy Gaussian noise to a continuous latent; set it to "
                           f"False for config.model.latent={config.model.latent!r}.")
 
@@ -152,19 +149,13 @@ def _validate_model(config) -> None:
     _choice(config, "objective.regularizer", REGULARIZERS)
     _nonneg_float(config, "objective.gamma")
     _nonneg_float(config, "objective.eps", positive=True)
-    if config.model.latent == "categorical" and config.objective.regularizer != "none":
-        raise ConfigError("config.objective.regularizer acts on a continuous latent; use 'none' with "
-                          "config.model.latent='categorical'.")
-    if config.objective.regularizer == "vib" and config.model.latent != "vib":
-        raise ConfigError("config.objective.regularizer='vib' needs the Gaussian encoder of "
-                          "config.model.latent='vib'.")
     _choice(config, "objective.joint", JOINTS)
     if config.objective.joint != "batch" and config.objective.loss != "decoder_uncertainty":
         raise ConfigError("config.objective.joint chooses the p(y|z) of loss='decoder_uncertainty'; keep 'batch' "
                           f"with config.objective.loss={config.objective.loss!r}.")
-    if config.objective.loss == "decoder_uncertainty" and config.model.latent != "categorical":
-        raise ConfigError("config.objective.loss='decoder_uncertainty' is exact only for a categorical latent; "
-                          "set config.model.latent='categorical' or use loss='cross_entropy'.")
+    error = kind.config_error(config)  # the objective's fields that fit the latent (ibjax.latents)
+    if error:
+        raise ConfigError(error)
 
 
 def _validate_training(config, num_devices: int) -> None:
@@ -197,6 +188,7 @@ def _validate_training(config, num_devices: int) -> None:
 
 
 def _validate_capping(config) -> None:
+    from ibjax import latents
     from ibjax.models import CAPPABLE_ENCODERS
 
     schedule = _get(config, "capping.schedule")
@@ -209,7 +201,7 @@ def _validate_capping(config) -> None:
         if config.model.encoder not in CAPPABLE_ENCODERS:
             raise ConfigError(f"config.capping.schedule needs config.model.encoder in {CAPPABLE_ENCODERS}; "
                               f"got {config.model.encoder!r}.")
-        if config.model.latent != "continuous" or config.model.decoder != "linear":
+        if not latents.of(config.model).cappable or config.model.decoder != "linear":
             raise ConfigError("config.capping.schedule needs config.model.latent='continuous' and "
                               "config.model.decoder='linear'.")
 
@@ -295,91 +287,6 @@ def differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "
         elif a != b:
             out.append(f"{prefix}{key}: stored {a!r}, now {b!r}")
     return out
-
-
-def default_config():
-    """The default experiment config; ``configs/default.py`` returns it.
-
-    It lives in the package so that every config file, loaded by path, can
-    start from it with a plain import.
-    """
-    import ml_collections as mlc
-
-    config = mlc.ConfigDict()
-    config.seed = 0
-    config.dtype = "float32"          # or "bfloat16": bf16 compute, float32 params and losses
-    config.distributed = False        # call jax.distributed.initialize() (multi-host)
-
-    config.data = mlc.ConfigDict()
-    config.data.name = "digits"       # digits | mnist | permuted_mnist | cifar10
-    config.data.source = "embedded"   # embedded | tfds | idx | npz | cifar_pickle | cifar_binary
-    config.data.path = ""             # IDX directory, .npz file or CIFAR-10 archive/folder (offline sources)
-    config.data.url_checksums = ""    # tfds without TensorFlow: a table replacing tfds's url_checksums (mirror)
-    config.data.split_at = 0          # > 0: re-split train+test at this index
-    config.data.permutation_seed = 0  # pixel permutation of permuted_mnist
-    config.data.augment = False       # CIFAR pad-4 random crop + flip, on device
-    config.data.num_train = 0         # > 0: train on the first num_train training examples only
-
-    config.model = mlc.ConfigDict()
-    config.model.encoder = "mlp"      # mlp | dropout_cnn | resnet18
-    config.model.encoder_hidden = (1024, 1024)
-    config.model.latent_dim = 100     # K (continuous) or C (categorical)
-    config.model.latent = "continuous"
-    config.model.noise = True         # zero-entropy noise N(0, 1/(2 pi e)) on Z
-    config.model.decoder = "linear"   # linear | categorical_mlp
-    config.model.decoder_hidden = (1024, 1024)
-    config.model.num_samples = 1      # S dropout / noise samples per example
-    # flax: lecun-normal kernels, zero biases. pytorch: nn.Linear/nn.Conv2d's defaults,
-    # U(±1/sqrt(fan_in)) for kernel and bias, as the paper (PyTorch) had them.
-    config.model.init = "flax"
-
-    config.objective = mlc.ConfigDict()
-    config.objective.loss = "cross_entropy"      # cross_entropy | decoder_uncertainty
-    config.objective.cross_entropy = "decoder"   # decoder (H_Θ[Y|Z]) | prediction (H_Θ[Y|X])
-    config.objective.regularizer = "none"        # none | l2 | log_var | cond_log_var
-    config.objective.gamma = 0.0
-    config.objective.eps = 1e-8                  # variance floor of the log-variance regularisers
-    # loss='decoder_uncertainty': p(y|z) of the batch (plug-in, biased low for many categories)
-    # or of the whole training set, re-estimated after every epoch (appendix A.3).
-    config.objective.joint = "batch"             # batch | epoch
-
-    # Section 7: Adam, lr 1e-4, x0.8 once the training loss has not improved for more than 3 epochs.
-    # The plateau test's "epoch" is plateau_examples examples (the paper's 60,000-image MNIST
-    # epoch, whatever the size of the training set at hand); 0: one epoch of the training set.
-    config.train = mlc.ConfigDict()
-    config.train.num_epochs = 30
-    config.train.batch_size = 128
-    config.train.eval_batch_size = 512
-    config.train.learning_rate = 1e-4
-    config.train.plateau_factor = 0.8
-    config.train.plateau_patience = 3
-    config.train.plateau_examples = 60000
-    config.train.progress_bar = True
-    # Steps per compiled call (lax.scan; 0: the whole epoch), not part of a run's identity;
-    # the calls share an epoch evenly (CPU convolutional encoders: 1, see Experiment.steps_per_call).
-    config.train.steps_per_call = STEPS_PER_CALL
-    config.train.tensorboard = True   # per-epoch scalars as TensorBoard event files beside metrics.jsonl
-    # Live information plane every analyze_every epochs (0: off) on analyze_examples examples (0: all).
-    config.train.analyze_every = ANALYZE_EVERY
-    config.train.analyze_examples = ANALYZE_EXAMPLES
-
-    # A population trains its members in one vmapped step: one per (gamma, seed) of
-    # gammas x (seed, seed + 1, ..., seed + num_seeds - 1). Empty gammas: objective.gamma;
-    # num_seeds 0 or 1: config.seed alone. A single run is a population of one.
-    config.population = mlc.ConfigDict()
-    config.population.gammas = ()
-    config.population.num_seeds = 0
-
-    # Section 7.2 (Fig 4): after epoch e, rescale the noise-free latent to a mean-field entropy bound
-    # of schedule[e - 1] nats (later epochs keep the last cap), compensated in the decoder. Empty: off.
-    config.capping = mlc.ConfigDict()
-    config.capping.schedule = ()
-    config.capping.num_examples = 10000   # training examples for the latent moments (0: all)
-
-    config.checkpoint = mlc.ConfigDict()
-    config.checkpoint.every_epochs = 1
-    config.checkpoint.max_to_keep = 0            # 0 keeps all: the analysis reads every epoch
-    return config
 
 
 def from_file(path) -> ml_collections.ConfigDict:

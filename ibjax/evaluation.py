@@ -22,8 +22,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ibjax import data as datalib
-from ibjax import information, losses, models
-from ibjax.step import categorical_terms, correct, forward
+from ibjax import information, latents, losses, models
+from ibjax.latents import categorical_terms
+from ibjax.step import correct, forward
 
 __all__ = ["make_evaluator", "summarize", "evaluate", "evaluate_train_exact", "map_batches"]
 
@@ -52,7 +53,7 @@ def make_evaluator(model, config, num_classes: int, mesh: Mesh, batch_size: int)
       without ``optimal_decoder``), all on the device.
     """
     batch_sharding = NamedSharding(mesh, P("data"))
-    categorical = config.model.latent == "categorical"
+    categorical = latents.of(config.model).discrete
 
     def batch_sums(state, x, y, mask, rng, decoder):
         out, _ = forward(model, config, state.params, state.batch_stats, x, rng, train=False)
@@ -61,7 +62,7 @@ def make_evaluator(model, config, num_classes: int, mesh: Mesh, batch_size: int)
         if categorical:
             if decoder is not None:
                 out = dict(out, decoder_log_probs=decoder,
-                           logits=models.prediction_log_probs(out["z_log_probs"], decoder))
+                           logits=information.prediction_log_probs(out["z_log_probs"], decoder))
             dce, pce, z_probs = categorical_terms(out, y, mask)
             sums["joint"] = information.categorical_joint(z_probs, y, num_classes, mask) * sums["count"]
         else:

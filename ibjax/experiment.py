@@ -41,7 +41,7 @@ __all__ = ["Experiment", "is_population", "member_configs", "member_workdirs", "
 
 def is_population(config: ml_collections.ConfigDict) -> bool:
     """Whether ``config`` asks for more than the single run it describes (γ values or seeds)."""
-    return bool(tuple(config.population.gammas)) or config.population.get("num_seeds", 0) > 1
+    return bool(tuple(config.population.gammas)) or configlib.value_or_default(config, "population.num_seeds") > 1
 
 
 def member_configs(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, ...]:
@@ -54,7 +54,7 @@ def member_configs(config: ml_collections.ConfigDict) -> tuple[ml_collections.Co
     if not is_population(config):
         return (config,)
     gammas = tuple(float(g) for g in config.population.gammas) or (float(config.objective.gamma),)
-    seeds = tuple(config.seed + i for i in range(max(config.population.get("num_seeds", 0), 1)))
+    seeds = tuple(config.seed + i for i in range(max(configlib.value_or_default(config, "population.num_seeds"), 1)))
     members = []
     for gamma in gammas:
         for seed in seeds:
@@ -70,7 +70,7 @@ def member_workdirs(config: ml_collections.ConfigDict, workdir: Path) -> list[Pa
     if not is_population(config):
         return [Path(workdir)]
     named_gamma = bool(tuple(config.population.gammas))
-    named_seed = config.population.get("num_seeds", 0) > 1
+    named_seed = configlib.value_or_default(config, "population.num_seeds") > 1
     return [workdirlib.member_workdir(workdir, i, m.objective.gamma if named_gamma else None,
                                       m.seed if named_seed else None)
             for i, m in enumerate(member_configs(config))]
@@ -216,7 +216,7 @@ class Experiment:
         """
         if jax.default_backend() == "cpu" and self.config.model.encoder in models.CONVOLUTIONAL_ENCODERS:
             return 1
-        return balanced_steps_per_call(self.steps_per_epoch, self.config.train.get("steps_per_call", 0))
+        return balanced_steps_per_call(self.steps_per_epoch, configlib.value_or_default(self.config, "train.steps_per_call"))
 
     def train_steps(self, num_steps: int | None = None, member_map: str = "vmap") -> Callable:
         """The jitted K-step function of :func:`ibjax.step.make_train_steps` (default K: :attr:`steps_per_call`)."""
@@ -266,7 +266,7 @@ def load_data(config: ml_collections.ConfigDict) -> datalib.Dataset:
         permutation_seed=config.data.permutation_seed,
         url_checksums=config.data.get("url_checksums") or None,
     )
-    num_train = config.data.get("num_train", 0)
+    num_train = configlib.value_or_default(config, "data.num_train")
     if num_train > len(dataset.y_train):
         raise configlib.ConfigError(
             f"config.data.num_train={num_train} exceeds the {len(dataset.y_train)} training examples "

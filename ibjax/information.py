@@ -29,6 +29,7 @@ __all__ = [
     "log_optimal_decoder",
     "decoder_uncertainty",
     "categorical_decoder_cross_entropy",
+    "prediction_log_probs",
     "beta_prime",
     "beta_double_prime",
     "edm_gamma",
@@ -275,3 +276,31 @@ def edm_gamma(beta: float | jax.Array) -> float | jax.Array:
     Entropy Distance Metric itself. (Not the surrogate weight γ of Observation 8.)
     """
     return 1.0 - 2.0 / beta
+
+
+def prediction_log_probs(z_log_probs: jax.Array, decoder_log_probs: jax.Array) -> jax.Array:
+    """log p_Θ(ŷ|x) = log Σ_z p_Θ(z|x) p_Θ(ŷ|z) for a categorical latent Z (equation 1).
+
+    Computed with a logsumexp over z, so it is stable for very peaked encoders.
+
+    Args:
+      z_log_probs: log p_Θ(z|x), ``[..., C]`` (normalised over C).
+      decoder_log_probs: the decoder matrix log p_Θ(ŷ|z), ``[C, num_classes]``
+        (normalised over classes).
+
+    Returns:
+      log p_Θ(ŷ|x), ``[..., num_classes]``, normalised over classes.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> p = prediction_log_probs(jnp.log(jnp.array([0.25, 0.75])),
+      ...                          jnp.log(jnp.array([[1.0, 0.0], [0.5, 0.5]])))
+      >>> [round(float(v), 3) for v in jnp.exp(p)]
+      [0.625, 0.375]
+    """
+    if z_log_probs.shape[-1] != decoder_log_probs.shape[0]:
+        raise ValueError(
+            "`z_log_probs` [..., C] and `decoder_log_probs` [C, num_classes] must agree on C; "
+            f"got shapes {z_log_probs.shape} and {decoder_log_probs.shape}."
+        )
+    return jax.nn.logsumexp(z_log_probs[..., :, None] + decoder_log_probs, axis=-2)

@@ -29,10 +29,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ibjax.losses import add_zero_entropy_noise
+from ibjax import latents
+from ibjax.defaults import default_config
+from ibjax.information import prediction_log_probs  # noqa: F401  (log p(ŷ|x) of a categorical Z)
+from ibjax.latents import VIB_MIN_SCALE, VIB_SCALE_SHIFT  # noqa: F401  (defined with the VIB kind)
 
 ENCODERS = ("mlp", "dropout_cnn", "resnet18")
-LATENTS = ("continuous", "categorical", "vib")
+#: The built-in latent kinds (:mod:`ibjax.latents`; :func:`ibjax.latents.names` adds registered ones).
+LATENTS = latents.BUILTIN
 DECODERS = ("linear", "categorical_mlp")
 DTYPES = ("float32", "bfloat16")
 #: Encoders with convolutions: on the CPU backend they train one step a compiled call
@@ -46,15 +50,6 @@ CAPPABLE_ENCODERS: tuple[str, ...] = tuple(LAST_DENSE_LAYER)
 #: Parameter initialisations: Flax's defaults (lecun-normal kernels, zero biases)
 #: or PyTorch's ``reset_parameters`` of ``nn.Linear``/``nn.Conv2d``, which the paper used.
 PARAM_INITS = ("flax", "pytorch")
-
-# VIB scale σ = softplus(s − 5) + 1e-6 of the encoder output s: the shift of
-# Alemi et al. (2016) starts σ near softplus(−5) ≈ 0.0067, a nearly
-# deterministic encoder; the floor keeps log σ finite where softplus underflows.
-VIB_SCALE_SHIFT: float = 5.0
-VIB_MIN_SCALE: float = 1e-6
-
-# Encoders with Dropout are stochastic: p_Θ(z|x) is sampled through the Dropout mask.
-_STOCHASTIC_ENCODERS = frozenset({"dropout_cnn"})
 
 # PyTorch's BatchNorm2d defaults (running-average momentum 0.1, eps 1e-5).
 _BATCH_NORM = dict(momentum=0.9, epsilon=1e-5, param_dtype=jnp.float32)
@@ -309,34 +304,6 @@ class LinearDecoder(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="output")(z)
 
 
-def prediction_log_probs(z_log_probs: jax.Array, decoder_log_probs: jax.Array) -> jax.Array:
-    """log p_Θ(ŷ|x) = log Σ_z p_Θ(z|x) p_Θ(ŷ|z) for a categorical latent Z (equation 1).
-
-    Computed with a logsumexp over z, so it is stable for very peaked encoders.
-
-    Args:
-      z_log_probs: log p_Θ(z|x), ``[..., C]`` (normalised over C).
-      decoder_log_probs: the decoder matrix log p_Θ(ŷ|z), ``[C, num_classes]``
-        (normalised over classes).
-
-    Returns:
-      log p_Θ(ŷ|x), ``[..., num_classes]``, normalised over classes.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> p = prediction_log_probs(jnp.log(jnp.array([0.25, 0.75])),
-      ...                          jnp.log(jnp.array([[1.0, 0.0], [0.5, 0.5]])))
-      >>> [round(float(v), 3) for v in jnp.exp(p)]
-      [0.625, 0.375]
-    """
-    if z_log_probs.shape[-1] != decoder_log_probs.shape[0]:
-        raise ValueError(
-            "`z_log_probs` [..., C] and `decoder_log_probs` [C, num_classes] must agree on C; "
-            f"got shapes {z_log_probs.shape} and {decoder_log_probs.shape}."
-        )
-    return jax.nn.logsumexp(z_log_probs[..., :, None] + decoder_log_probs, axis=-2)
-
-
 def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {list(choices)}; got {value!r}.")
@@ -398,7 +365,8 @@ class IBModel(nn.Module):
       latent_dim: K for a continuous latent, C (number of categories) for a
         categorical one.
       num_classes: number of classes of Y.
-      latent: 'continuous', 'categorical' or 'vib'.
+      latent: a kind of :mod:`ibjax.latents`: 'continuous', 'categorical', 'vib'
+        or one added with :func:`ibjax.latents.register`.
       noise: add zero-entropy noise to a continuous Z (must be False for a
         categorical or VIB Z).
       decoder: 'linear' (latent_dim×num_classes linear unit) or
@@ -426,7 +394,7 @@ class IBModel(nn.Module):
     def __post_init__(self) -> None:
         # Fail at construction, before any tracing or compilation.
         _check_choice("encoder", self.encoder, ENCODERS)
-        _check_choice("latent", self.latent, LATENTS)
+        _check_choice("latent", self.latent, latents.names())
         _check_choice("decoder", self.decoder, DECODERS)
         _check_choice("dtype", _dtype_name(self.dtype), DTYPES)
         _check_choice("param_init", self.param_init, PARAM_INITS)
@@ -436,23 +404,14 @@ class IBModel(nn.Module):
                 raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
         if not isinstance(self.noise, bool):
             raise TypeError(f"`noise` must be a bool; got {self.noise!r}.")
-        if self.noise and self.latent == "categorical":
-            raise ValueError(
-                "`noise=True` adds zero-entropy Gaussian noise to a continuous latent; "
-                "it is not defined for `latent='categorical'`."
-            )
-        if self.noise and self.latent == "vib":
-            raise ValueError(
-                "`noise=True` adds zero-entropy Gaussian noise, but `latent='vib'` already samples "
-                "Z = μ(x) + σ(x)·ε from its Gaussian encoder; set `noise=False`."
-            )
+        latents.of(self).check_model(self)
         _check_widths("encoder_hidden", self.encoder_hidden)
         _check_widths("decoder_hidden", self.decoder_hidden)
         super().__post_init__()
 
     def _make_encoder(self, dtype: Any) -> nn.Module:
         # A VIB encoder outputs the mean and the (pre-softplus) scale of p(z|x).
-        width = 2 * self.latent_dim if self.latent == "vib" else self.latent_dim
+        width = latents.of(self).encoder_width(self.latent_dim)
         if self.encoder == "mlp":
             return MLP(width, self.encoder_hidden, flatten=True, dtype=dtype, name="encoder")
         if self.encoder == "dropout_cnn":
@@ -492,7 +451,7 @@ class IBModel(nn.Module):
         encoder = self._make_encoder(dtype)
         decoder = self._make_decoder(dtype)
 
-        if train and self.encoder in _STOCHASTIC_ENCODERS:
+        if train and self.encoder in latents.STOCHASTIC_ENCODERS:
             # The convolutions before the first Dropout are deterministic: run
             # them once and draw the S Dropout samples of the head only.
             sample_encoder = nn.vmap(
@@ -507,27 +466,7 @@ class IBModel(nn.Module):
             outputs = encoder(x, train=train).astype(jnp.float32)
             outputs = jnp.broadcast_to(outputs, (num_samples, *outputs.shape))
 
-        if self.latent == "continuous":
-            z = outputs
-            if self.noise:
-                z = add_zero_entropy_noise(self.make_rng("noise"), z)
-            return {"z": z, "logits": decoder(z).astype(jnp.float32)}
-
-        if self.latent == "vib":
-            z_mean, raw_scale = jnp.split(outputs, 2, axis=-1)
-            z_scale = jax.nn.softplus(raw_scale - VIB_SCALE_SHIFT) + VIB_MIN_SCALE
-            epsilon = jax.random.normal(self.make_rng("noise"), z_mean.shape, jnp.float32)
-            z = z_mean + z_scale * epsilon
-            return {"z": z, "z_mean": z_mean, "z_scale": z_scale, "logits": decoder(z).astype(jnp.float32)}
-
-        z_log_probs = jax.nn.log_softmax(outputs, axis=-1)
-        codes = jnp.eye(self.latent_dim, dtype=dtype)
-        decoder_log_probs = jax.nn.log_softmax(decoder(codes).astype(jnp.float32), axis=-1)
-        return {
-            "z_log_probs": z_log_probs,
-            "decoder_log_probs": decoder_log_probs,
-            "logits": prediction_log_probs(z_log_probs, decoder_log_probs),
-        }
+        return latents.of(self).sample(self, outputs, decoder)
 
 
 def create_model(config: Any, num_classes: int) -> IBModel:
@@ -536,9 +475,10 @@ def create_model(config: Any, num_classes: int) -> IBModel:
     Takes the whole experiment config (its ``model`` section and its top-level
     ``dtype``) or just a ``model`` section (then ``dtype`` is read from it, if
     present). Reads ``encoder``, ``latent_dim``, ``latent``, ``noise``,
-    ``decoder`` and, if present, ``encoder_hidden`` and ``decoder_hidden``
-    (default (1024, 1024)) and ``init`` (default 'flax'). ``num_samples`` is an argument of the forward
-    pass, not of the model.
+    ``decoder``, ``encoder_hidden``, ``decoder_hidden`` and ``init``; a field
+    left out takes its value from :func:`ibjax.config.default_config`, the one
+    home of the defaults. ``num_samples`` is an argument of the forward pass,
+    not of the model.
 
     Args:
       config: an ``ml_collections.ConfigDict`` (or any mapping with ``get``).
@@ -547,19 +487,25 @@ def create_model(config: Any, num_classes: int) -> IBModel:
     Returns:
       The (unbound) ``IBModel``; invalid fields raise ``ValueError`` here.
     """
+    defaults = default_config()
     model = config.get("model")
-    dtype = config.get("dtype", "float32")
+    dtype = config.get("dtype", defaults.dtype)
     if model is None:  # a model section on its own
         model = config
+
+    def field(name):
+        value = model.get(name)
+        return defaults.model[name] if value is None else value
+
     return IBModel(
-        encoder=model.get("encoder"),
-        latent_dim=model.get("latent_dim"),
+        encoder=field("encoder"),
+        latent_dim=field("latent_dim"),
         num_classes=num_classes,
-        latent=model.get("latent", "continuous"),
-        noise=model.get("noise", False),
-        decoder=model.get("decoder", "linear"),
+        latent=field("latent"),
+        noise=field("noise"),
+        decoder=field("decoder"),
         dtype=dtype,
-        encoder_hidden=tuple(model.get("encoder_hidden", (1024, 1024))),
-        decoder_hidden=tuple(model.get("decoder_hidden", (1024, 1024))),
-        param_init=model.get("init", "flax"),
+        encoder_hidden=tuple(field("encoder_hidden")),
+        decoder_hidden=tuple(field("decoder_hidden")),
+        param_init=field("init"),
     )

@@ -42,6 +42,8 @@ from ibjax.io import read_jsonl
 
 FIGURES = ("information_plane", "entropies", "cross_entropies", "entropy_cap")
 
+# losses.REGULARIZERS, spelt out: importing ibjax.losses would import JAX, which plotting never needs
+# (tests/test_plotting.py checks that the two agree).
 REGULARIZERS = ("none", "l2", "log_var", "cond_log_var", "vib")
 # The paper's names for the surrogate regularisers of section 6.3.
 _REGULARIZER_TITLES = {

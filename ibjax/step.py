@@ -34,7 +34,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ibjax import data as datalib
-from ibjax import information, losses, models
+from ibjax import config as configlib
+from ibjax import latents, models
 
 __all__ = [
     "TrainState",
@@ -49,7 +50,6 @@ __all__ = [
     "stack_members",
     "member",
     "forward",
-    "categorical_terms",
     "objective",
     "correct",
     "metric_names",
@@ -124,7 +124,7 @@ def plateau_window(config: ml_collections.ConfigDict, steps_per_epoch: int) -> i
     60,000 examples at batch 128 give 469 steps, the paper's MNIST epoch
     (PyTorch's DataLoader keeps the last, partial batch).
     """
-    examples = config.train.get("plateau_examples", 0)
+    examples = configlib.value_or_default(config, "train.plateau_examples")
     return steps_per_epoch if examples == 0 else -(-examples // config.train.batch_size)
 
 
@@ -197,14 +197,6 @@ def forward(model, config, params, batch_stats, images, rng, train: bool):
     return model.apply(variables, x, **kwargs), batch_stats
 
 
-def categorical_terms(out, labels, where=None):
-    """The Figure 3 terms of a categorical latent: per-example H_Θ[Y|Z] and H_Θ[Y|X], and p(z|x) ``[B, C]``."""
-    dce = information.categorical_decoder_cross_entropy(out["z_log_probs"], out["decoder_log_probs"], labels, where)
-    pce = losses.prediction_cross_entropy(out["logits"], labels, where)
-    z_probs = jnp.mean(jnp.exp(out["z_log_probs"]), axis=0)
-    return dce, pce, z_probs
-
-
 def objective(config, num_classes: int, out, labels, gamma, data_decoder=None):
     """One member's training loss and batch-mean metrics for the configured objective.
 
@@ -214,32 +206,7 @@ def objective(config, num_classes: int, out, labels, gamma, data_decoder=None):
     A.3 with the data set's p(y|z) instead of the batch's, and its value
     estimates the data-level H[Y|Z] without the batch plug-in's downward bias.
     """
-    settings = config.objective
-    if config.model.latent in ("continuous", "vib"):
-        return losses.surrogate_loss(
-            out["logits"], out["z"], labels,
-            regularizer=settings.regularizer, gamma=gamma, num_classes=num_classes,
-            cross_entropy=settings.cross_entropy, eps=settings.eps,
-            z_mean=out.get("z_mean"), z_scale=out.get("z_scale"),
-        )
-    dce, pce, z_probs = categorical_terms(out, labels)
-    metrics = {
-        "decoder_cross_entropy": jnp.mean(dce),
-        "prediction_cross_entropy": jnp.mean(pce),
-        "decoder_uncertainty": information.decoder_uncertainty(z_probs, labels, num_classes),
-        "regularizer": jnp.zeros(()),
-    }
-    if settings.loss == "decoder_uncertainty" and data_decoder is not None:
-        loss = jnp.mean(information.categorical_decoder_cross_entropy(
-            out["z_log_probs"], jax.lax.stop_gradient(data_decoder), labels))
-        metrics["data_decoder_uncertainty"] = loss
-    elif settings.loss == "decoder_uncertainty":
-        loss = metrics["decoder_uncertainty"]
-    else:
-        loss = metrics[f"{settings.cross_entropy}_cross_entropy"]
-    metrics["loss"] = loss
-    metrics["training_error_bound"] = losses.training_error_bound(loss)
-    return loss, metrics
+    return latents.of(config.model).objective(config, num_classes, out, labels, gamma, data_decoder)
 
 
 def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -251,16 +218,13 @@ def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def metric_names(config) -> tuple[str, ...]:
     """Names of the batch-mean metrics a train step accumulates."""
     names = ("loss", "decoder_cross_entropy", "prediction_cross_entropy", "regularizer",
-             "training_error_bound", "accuracy", "gradient_norm")
-    if config.model.latent != "categorical":
-        return names
-    names += ("decoder_uncertainty",)
+             "training_error_bound", "accuracy", "gradient_norm") + latents.of(config.model).metric_names()
     return names + (("data_decoder_uncertainty",) if uses_data_joint(config) else ())
 
 
 def uses_data_joint(config) -> bool:
     """Whether the step minimises H[Y|Z] with the training set's p(y|z) (``objective.joint='epoch'``)."""
-    return config.objective.loss == "decoder_uncertainty" and config.objective.get("joint", "batch") == "epoch"
+    return config.objective.loss == "decoder_uncertainty" and configlib.value_or_default(config, "objective.joint") == "epoch"
 
 
 def zero_totals(config, num_members: int) -> dict[str, jax.Array]:

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from ibjax import config as configlib
+
 __all__ = ["scalar_tag", "record_scalars", "open_writer", "write_record", "write_information_plane",
            "InformationPlaneMonitor"]
 
@@ -123,11 +125,11 @@ class InformationPlaneMonitor:
         from ibjax import analysis
 
         config = experiment.config
-        self.every = int(config.train.get("analyze_every", 0))
+        self.every = int(configlib.value_or_default(config, "train.analyze_every"))
         self.num_epochs = int(config.train.num_epochs)
         self._last_figure: float | None = None
         self.members = experiment.members
-        count = int(config.train.get("analyze_examples", 0)) or len(experiment.dataset.y_train)
+        count = int(configlib.value_or_default(config, "train.analyze_examples")) or len(experiment.dataset.y_train)
         self.images = experiment.dataset.x_train[:count]
         self.labels = np.asarray(experiment.dataset.y_train[:count])
         self.num_classes = experiment.dataset.num_classes

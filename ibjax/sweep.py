@@ -314,7 +314,7 @@ def run_sweep(
     _unique("specs (run names)", [spec.name for spec in specs])
     for spec in specs:
         # jax.distributed.initialize() must come before the first device query.
-        if not spec.config.get("distributed", False):
+        if not configlib.value_or_default(spec.config, "distributed"):
             configlib.validate(spec.config, num_devices=jax.device_count())
 
     sweep_dir.mkdir(parents=True, exist_ok=True)

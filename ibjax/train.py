@@ -51,7 +51,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ibjax import capping, evaluation
+from ibjax import capping, evaluation, latents
 from ibjax import config as configlib
 from ibjax import data as datalib
 from ibjax import experiment as experimentlib
@@ -137,7 +137,7 @@ def train_and_evaluate(
       first member, with ``"members"`` holding all); empty if nothing was
       left to do.
     """
-    if config.get("distributed", False):
+    if configlib.value_or_default(config, "distributed"):
         initialize_distributed()
     experiment = experimentlib.setup(config, dataset=dataset)  # validates the config, loads the data
     workdir = Path(workdir).absolute()  # Orbax needs absolute paths
@@ -234,7 +234,7 @@ def open_run(experiment: experimentlib.Experiment, workdir: Path, run_dirs: list
         cleanup.callback(manager.wait_until_finished)
     primary = workdirlib.is_primary()
     # TensorBoard event files beside each metrics.jsonl (which stays what analysis and plots read).
-    tensorboard = config.train.get("tensorboard", True) and primary
+    tensorboard = configlib.value_or_default(config, "train.tensorboard") and primary
     writers = [summaries.open_writer(d, latest_epoch(managers)) for d in run_dirs] if tensorboard else []
     # A population's information plane is one figure, beside its members.
     figure_writer = (writers[0] if run_dirs == [workdir] else summaries.open_writer(workdir, latest_epoch(managers))
@@ -242,7 +242,7 @@ def open_run(experiment: experimentlib.Experiment, workdir: Path, run_dirs: list
     for writer in writers + ([figure_writer] if figure_writer not in writers + [None] else []):
         cleanup.callback(writer.close)
     # In-loop information plane (single-process: its estimators read the latents on the host).
-    monitor = summaries.InformationPlaneMonitor(experiment) if config.train.get("analyze_every", 0) else None
+    monitor = summaries.InformationPlaneMonitor(experiment) if configlib.value_or_default(config, "train.analyze_every") else None
     if monitor is not None and workdirlib.is_multiprocess():
         print("train.analyze_every is ignored in a multi-process run; run scripts/analyze.py on its checkpoints.")
         monitor = None
@@ -312,7 +312,7 @@ def train_epoch(run: Run, train_steps: Callable, state, epoch: int, data_decoder
     # before, so all agree and stop after the same call, while the host stays
     # a call ahead of the devices.
     multiprocess, gathered = workdirlib.is_multiprocess(), None
-    with _progress(steps, position, epoch, run.config.train.get("progress_bar", True) and run.primary) as bar:
+    with _progress(steps, position, epoch, configlib.value_or_default(run.config, "train.progress_bar") and run.primary) as bar:
         while position < steps:
             state, totals, first = train_steps(state, totals, run.x_train, run.y_train, batches, first,
                                                run.train_key, run.gamma, data_decoder)
@@ -357,7 +357,7 @@ def end_epoch(run: Run, state, epoch: int, data_decoder):
         capped = [{"entropy_cap": cap, "latent_entropy_bound": b, "capped_train_error": 1.0 - float(a)}
                   for b, a in zip(bounds, accuracy)]
     decoder, train_eval = None, {}
-    if config.model.latent == "categorical":
+    if latents.of(config.model).discrete:
         # Exact quantities over the whole training set in eval mode (Figure 3).
         train_eval, decoder = evaluation.evaluate_train_exact(
             run.evaluator, state, run.x_train, run.y_train, rng=run.eval_key,

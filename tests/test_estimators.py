@@ -1,6 +1,5 @@
 """Tests of ibjax.estimators against analytic values and float64 cKDTree references."""
 
-import doctest
 import math
 
 import jax
@@ -300,7 +299,3 @@ def test_input_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
 
-
-def test_docstring_examples():
-    results = doctest.testmod(E, optionflags=doctest.ELLIPSIS)
-    assert results.attempted >= 3 and results.failed == 0

@@ -443,3 +443,9 @@ def test_import_does_not_import_jax():
     code = "import sys, ibjax.plotting; assert 'jax' not in sys.modules, 'jax imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_regularizer_names_agree_with_the_losses():
+    from ibjax import losses, plotting
+
+    assert plotting.REGULARIZERS == losses.REGULARIZERS

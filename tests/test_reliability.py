@@ -61,7 +61,10 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(tmp_path):
     workdir = tmp_path / "run"
     proc = subprocess.Popen(script(workdir, *SLOW), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = workdir / "metrics.jsonl"
-    assert wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1), "training did not start"
+    # Epoch 1's record, then its finalised checkpoint: the signal then lands inside epoch 2 even on a
+    # loaded machine, where the checkpoint alone can outlast the wait between the record and the signal.
+    assert wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1
+                    and (workdir / "checkpoints" / "1").is_dir()), "training did not start"
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, err[-2000:]
