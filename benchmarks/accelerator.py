@@ -34,20 +34,21 @@ What is timed
 -------------
 Every row times its computation after compilation, blocks on the result
 (``jax.block_until_ready``, ``torch.cuda.synchronize``, or a host value) and
-takes the median of ``--repeats`` repeats with
-``benchmarks.train_step.measure``, which interleaves the repeats of the
-implementations compared so that a change in the machine's load hits all
-alike. Each row's ratio is against a reference measured in the same run:
+takes the median of ``--repeats`` repeats with ``benchmarks.harness.measure``,
+which interleaves the repeats of the implementations compared so that a
+change in the machine's load hits all alike. Each row's ratio is against a
+reference measured in the same run:
 
 1. ``resnet18``: the ResNet18 step of ``configs/cifar_condvar.py`` (noise,
    conditional log-variance, crop+flip on the device) in float32 and bfloat16
    at batch 256/512/1024 (``--small``: 32), built with
    ``ibjax.experiment.setup`` exactly as ``train_and_evaluate`` builds it:
    examples/s, achieved TFLOP/s from XLA's cost analysis of the compiled step,
-   MFU against the chip's dense peak from ``PEAK_FLOPS``, and the same model,
-   loss and Adam step in PyTorch on the same device, eager and
-   ``torch.compile``-d (bf16 autocast for bf16 rows, channels_last); the
-   ratio is against the faster PyTorch variant.
+   MFU against the chip's dense peak from ``harness.PEAK_FLOPS``, and the same
+   model, loss and Adam step in PyTorch on the same device
+   (``harness.prepare_torch``), eager and ``torch.compile``-d (bf16 autocast
+   for bf16 rows, channels_last); the ratio is against the faster PyTorch
+   variant.
 2. ``mlp`` and ``dropout_cnn``: the §7.1 MLP with a categorical latent and the
    §7.2 Dropout CNN, the same way (batch 128; ``--small``: 32).
 3. ``population``: G members of the MLP and of ResNet18 (batch 128) in one
@@ -56,14 +57,17 @@ alike. Each row's ratio is against a reference measured in the same run:
 4. ``estimators``: ``knn_entropy``, ``knn_conditional_entropy`` and
    ``ksg_mutual_information`` at N = 50,000, d = 100 (the entropy also at
    N = 200,000; ``--small``: N = 2,000, d = 10) against a brute-force PyTorch
-   search on the same device and scikit-learn on the host, with every
-   estimate printed and checked to agree.
-5. ``epoch``: two epochs of ``ibjax.train.train_and_evaluate`` on synthetic
-   CIFAR-shaped data on the device (metrics, TensorBoard, evaluation, a
-   checkpoint every epoch; 50,000 / 10,000 images, batch 128; ``--small``:
-   256 / 64, batch 32): the second epoch, from the first epoch's summary line
-   to the second's (so with the first epoch's checkpoint save), against the
-   compiled step's time × steps per epoch.
+   search on the same device and scikit-learn on the host
+   (``benchmarks/knn_reference.py``), with every estimate printed and checked
+   to agree.
+5. ``epoch``: the training loop's own epoch function,
+   ``ibjax.train.train_epoch``, on a run opened with ``ibjax.train.open_run``
+   on synthetic CIFAR-shaped data on the device (50,000 / 10,000 images,
+   batch 128; ``--small``: 256 / 64, batch 32), each epoch followed by its
+   checkpoint (``harness.LoopEpochs``), timed directly against the compiled
+   step's time × steps per epoch, the repeats of the two interleaved; the
+   epoch without its checkpoint is timed too. Evaluation and the metrics
+   records, which ``train_and_evaluate`` adds after an epoch, are not.
 
 Rows are skipped (and listed as such) once ``--budget_s`` is spent; each
 family of rows has a share of it, unused time passing on to the next.
@@ -77,13 +81,10 @@ import contextlib
 import dataclasses
 import datetime
 import gc
-import importlib.metadata
 import importlib.util
 import math
 import os
 import platform
-import re
-import shlex
 import statistics
 import sys
 import tempfile
@@ -100,7 +101,7 @@ if str(ROOT) not in sys.path:
 
 # Before JAX or PyTorch start: JAX would otherwise take 75% of the GPU's memory
 # up front and leave PyTorch, timed in the same process, the rest; libgomp's
-# spin-waiting slows PyTorch's CPU threads on a shared machine (see train_step.py).
+# spin-waiting slows PyTorch's CPU threads on a shared machine (see harness.prepare_torch).
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -112,20 +113,19 @@ OPTIONAL_MODULES = ("torch", "sklearn")
 
 try:
     import jax
-    from scipy import special
 
-    from benchmarks import train_step as harness
-    from benchmarks.train_step import PEAK_FLOPS, Row, Runner, Timing, measure, peak_flops, usable_cores
+    from benchmarks import harness
+    from benchmarks import knn_reference as knn
+    from benchmarks.harness import Row, Runner, Timing, fmt, measure, ratio, ratio_cell, usable_cores
+    from benchmarks.knn_reference import K, RHO
     from ibjax import data as datalib
-    from ibjax import estimators
+    from ibjax import estimators, experiment
 except ImportError as _error:  # reported by main() with what to install
     _IMPORT_ERROR: ImportError | None = _error
 else:
     _IMPORT_ERROR = None
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
-K = 3  # neighbour order of every estimator row
-RHO = 0.9  # correlation of the paired coordinates of the estimators' Gaussian data
 
 # --------------------------------------------------------------------------
 # Rows and targets
@@ -168,7 +168,7 @@ SECTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "estimators": ("k-NN estimators: seconds per call after compilation", (
         "row", "N", "d", "ibjax ms", "compile s", "torch ms", "sklearn ms", "torch / ibjax", "sklearn / ibjax",
         "estimates, nats (ibjax / torch / sklearn; analytic)", "agreement", "target", "notes")),
-    "epoch": ("Epoch overhead: train_and_evaluate against its compiled step", (
+    "epoch": ("Epoch overhead: the training loop's epoch (train.train_epoch) against its compiled step", (
         "row", "train / test images", "batch", "steps/epoch", "step ms", "steps × step s", "epoch 2 s",
         "epoch 2 + checkpoint s", "overhead ratio", "target", "notes")),
 }
@@ -222,150 +222,37 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _fmt(value: float | None, spec: str, none: str = "n/a") -> str:
-    return none if value is None else format(value, spec)
-
-
-def _ratio(a: Timing, b: Timing) -> float:
-    """Throughput ratio a / b of the medians."""
-    return a.examples_per_sec / b.examples_per_sec
-
-
-def _ratio_cell(a: Timing, b: Timing) -> str:
-    """The ratio of the medians, and of the best repeats in parentheses."""
-    return f"{_ratio(a, b):.2f} ({min(b.repeat_seconds) / min(a.repeat_seconds):.2f})"
-
-
 def _error_text(error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}".replace("\n", " ").replace("|", "/")
     return text if len(text) < 300 else text[:297] + "..."
 
 
 # --------------------------------------------------------------------------
-# PyTorch on the device: a thin adapter around benchmarks/torch_reference.py
+# PyTorch on the device
 # --------------------------------------------------------------------------
 
 
-def prepare_torch(row: Row, ctx: Context, *, compiled: bool, num_images: int, seed: int = 0
-                  ) -> tuple[Runner | None, str]:
-    """The PyTorch step of ``row`` on ``ctx.torch_device``, its first step taken: ``(runner, '')`` or ``(None, why)``.
-
-    The runner's ``check`` returns whether every loss so far was finite
-    (rather than raising, so that the other implementations' timings of the
-    row survive a bad PyTorch run).
-
-    ``torch_reference.make_train_step`` runs on the CPU only (CPU tensors and
-    generator, CPU autocast) and builds its model inside, where it cannot be
-    compiled; this adapter keeps its model (``build``), its loss terms and its
-    augmentation, and adds what the device needs: the data, the indices and the
-    random generator on the device, channels_last, autocast on the device's
-    type, fused Adam on CUDA, and ``torch.compile`` of the model and loss (the
-    augmentation and the noise draw stay eager).
-    """
-    import torch
-
-    from benchmarks import torch_reference as reference
-
-    device = ctx.torch_device
-    config = harness.row_config(row)
-    model_config, objective = config.model, config.objective
-    images, labels = harness.synthetic_data(row, num_images, seed)
-    torch.manual_seed(seed)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    conv = model_config.encoder != "mlp"
-    layout = torch.channels_last if conv else torch.contiguous_format
-    model = reference.build(config).to(device=device, memory_format=layout).train()
-    adam = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.learning_rate, **adam)
-    data = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    targets = torch.from_numpy(labels.astype(np.int64)).to(device)
-    batches = [torch.from_numpy(b.astype(np.int64)).to(device)
-               for b in harness.batch_indices(num_images, config.train.batch_size, seed=seed)]
-    mean, std = (torch.tensor(v, device=device) for v in datalib.NORMALIZATION[config.data.name])
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=config.dtype == "bfloat16")
-    # Plain Python constants, so that torch.compile sees no config object.
-    categorical = model_config.latent == "categorical"
-    cnn = model_config.encoder == "dropout_cnn"
-    noisy = not categorical and bool(model_config.noise)
-    samples = int(model_config.num_samples) if cnn else 1
-    noise_shape = (samples, int(config.train.batch_size), int(model_config.latent_dim))
-    if objective.regularizer not in ("none", "cond_log_var"):
-        return None, f"n/a: the adapter has no regularizer {objective.regularizer!r}"
-    gamma = float(objective.gamma) if objective.regularizer == "cond_log_var" else None
-    eps = float(objective.eps)
-    augment = bool(config.data.augment)
-
-    def model_and_loss(x, y, noise):
-        # torch_reference.training_loss after its input handling: networks under
-        # autocast, loss terms in float32.
-        with torch.autocast(**autocast):
-            if categorical:
-                return reference.categorical_decoder_cross_entropy(*model(x), y).mean()
-            encoder = model["encoder"]
-            z = (encoder(x, samples) if cnn else encoder(x)[None]).float()
-            z = z + noise if noise is not None else z
-            logits = model["decoder"](z).float()
-        loss = reference.decoder_cross_entropy(logits, y).mean()
-        if gamma is not None:
-            loss = loss + gamma * reference.conditional_log_variance(
-                z.flatten(0, 1), y.repeat(z.shape[0]), logits.shape[-1], eps)
-        return loss
-
-    loss_fn = torch.compile(model_and_loss, dynamic=False) if compiled else model_and_loss
-
-    def step(idx):
-        x = (data[idx].float() / 255.0 - mean) / std
-        if augment:
-            with torch.device(device):  # the reference's crop and flip make their index tensors here
-                x = reference.random_crop_flip(x, generator)
-        x = x.permute(0, 3, 1, 2).contiguous(memory_format=layout)
-        noise = (reference.ZERO_ENTROPY_STD * torch.randn(noise_shape, generator=generator, device=device)
-                 if noisy else None)
-        loss = loss_fn(x, targets[idx], noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    losses = []
-    start = time.perf_counter()
+def _torch_runner(row: Row, ctx: Context, compiled: bool) -> tuple[Runner | None, str]:
+    """``harness.prepare_torch`` of ``row`` on ``ctx.torch_device``: ``(runner, '')``, or ``(None, why)``."""
     try:
-        losses.append(step(batches[0]))
-        sync()
+        runner = harness.prepare_torch(row, device=ctx.torch_device, compiled=compiled, num_images=ctx.num_images)
     except Exception as error:  # noqa: BLE001 - an unsupported torch.compile must not end the run
         return None, f"n/a: {'torch.compile' if compiled else 'eager'} failed: {_error_text(error)}"
-    first_step = time.perf_counter() - start
     if compiled:
-        ctx.compile_estimate_s = first_step
-    i = 1
-
-    def run(n: int) -> None:
-        nonlocal i
-        for _ in range(n):
-            losses.append(step(batches[i % len(batches)]))
-            i += 1
-        sync()
-
-    def check() -> bool:
-        return bool(torch.isfinite(torch.stack(losses)).all())
-
-    return Runner(run, config.train.batch_size, first_step, check=check), ""
+        ctx.compile_estimate_s = runner.setup_seconds
+    return runner, ""
 
 
-def _torch_runners(row: Row, ctx: Context, num_images: int) -> tuple[list[Runner | None], list[str]]:
+def _torch_runners(row: Row, ctx: Context) -> tuple[list[Runner | None], list[str]]:
     """The eager and the compiled PyTorch runner of ``row`` (None where not timed) and their notes."""
     if ctx.torch_device is None:
         return [None, None], [ctx.torch_note, ctx.torch_note]
-    eager, eager_note = prepare_torch(row, ctx, compiled=False, num_images=num_images)
+    eager, eager_note = _torch_runner(row, ctx, compiled=False)
     if not ctx.torch_compile:
         return [eager, None], [eager_note, ctx.compile_note]
     if ctx.remaining() < ctx.compile_estimate_s:
         return [eager, None], [eager_note, f"skipped: time budget (torch.compile est. {ctx.compile_estimate_s:.0f} s)"]
-    compiled, compiled_note = prepare_torch(row, ctx, compiled=True, num_images=num_images)
+    compiled, compiled_note = _torch_runner(row, ctx, compiled=True)
     return [eager, compiled], [eager_note, compiled_note]
 
 
@@ -386,13 +273,11 @@ def _short_dtype(dtype: str) -> str:
     return "bf16" if dtype == "bfloat16" else "f32"
 
 
-def _mfu(timing: Timing, dtype: str) -> tuple[float | None, float | None]:
-    """(achieved TFLOP/s, MFU) of a timing; MFU None where the device has no listed peak."""
-    if timing.flops_per_example is None:
-        return None, None
-    rate = timing.flops_per_example * timing.examples_per_sec
-    peak = peak_flops(jax.devices()[0], dtype)
-    return rate / 1e12, None if peak is None else rate / (peak * jax.device_count())
+def _step_cells(timing: Timing, dtype: str) -> dict[str, str]:
+    """The compile time, the achieved TFLOP/s (XLA's cost analysis) and the MFU of a compiled step."""
+    rate = harness.flop_rate(timing)
+    return {"compile s": f"{timing.setup_seconds:.1f}", "TFLOP/s": fmt(None if rate is None else rate / 1e12, ".3g"),
+            "MFU": fmt(harness.mfu(timing, dtype), ".1%", "n/a (no peak for this device)")}
 
 
 def training_task(family: str, batch: int, dtype: str, order: tuple) -> Task:
@@ -402,7 +287,7 @@ def training_task(family: str, batch: int, dtype: str, order: tuple) -> Task:
     def run(ctx: Context) -> dict[str, str]:
         row = Row(name, description, config_file, image_shape, batch_size=batch, dtype=dtype)
         runners = [harness.prepare_ibjax(row, num_images=ctx.num_images)]
-        torch_runners, notes = _torch_runners(row, ctx, ctx.num_images)
+        torch_runners, notes = _torch_runners(row, ctx)
         # Their checks run after measure(), which would let a raising one discard the whole row.
         timed = [dataclasses.replace(r, check=lambda: None) for r in torch_runners if r is not None]
         timings = measure(runners + timed, steps=None, repeats=ctx.repeats,
@@ -410,28 +295,29 @@ def training_task(family: str, batch: int, dtype: str, order: tuple) -> Task:
         ours, rest = timings[0], iter(timings[1:])
         torch_timings = [next(rest) if r is not None else None for r in torch_runners]
         for k, runner in enumerate(torch_runners):
-            if runner is not None and not runner.check():
+            try:
+                if runner is not None:
+                    runner.check()
+            except FloatingPointError:
                 torch_timings[k], notes[k] = None, "n/a: non-finite PyTorch loss"
-        tflops, mfu = _mfu(ours, dtype)
         cells = {"batch": str(batch), "dtype": dtype, "ibjax ex/s": f"{ours.examples_per_sec:,.1f}",
-                 "ms/step": f"{ours.step_seconds * 1e3:.2f}", "compile s": f"{ours.setup_seconds:.1f}",
-                 "TFLOP/s": _fmt(tflops, ".3g"),
-                 "MFU": _fmt(mfu, ".1%", "n/a (no peak for this device)")}
+                 "ms/step": f"{ours.step_seconds * 1e3:.2f}", **_step_cells(ours, dtype)}
         for column, t, note in zip(("torch eager ex/s", "torch.compile ex/s"), torch_timings, notes):
             cells[column] = f"{t.examples_per_sec:,.1f}" if t is not None else (note or "n/a")
         measured = [t for t in torch_timings if t is not None]
         fastest = max(measured, key=lambda t: t.examples_per_sec) if measured else None
         if fastest is not None:
             which = "eager" if fastest is torch_timings[0] else "torch.compile"
-            cells["ibjax / faster torch"] = f"{_ratio_cell(ours, fastest)} vs {which}"
+            cells["ibjax / faster torch"] = f"{ratio_cell(ours, fastest)} vs {which}"
         else:
             cells["ibjax / faster torch"] = "n/a (no PyTorch timing)"
         if family == "resnet18" and dtype == "bfloat16" and batch >= 512:
+            mfu = harness.mfu(ours, dtype)
             met_mfu = None if mfu is None else mfu >= 0.40
-            met_torch = None if fastest is None else _ratio(ours, fastest) >= 1.5
-            status = [ctx.target("resnet18_mfu", name, _fmt(mfu, ".1%"), met_mfu),
+            met_torch = None if fastest is None else ratio(ours, fastest) >= 1.5
+            status = [ctx.target("resnet18_mfu", name, fmt(mfu, ".1%"), met_mfu),
                       ctx.target("resnet18_torch", name,
-                                 "n/a" if fastest is None else f"{_ratio(ours, fastest):.2f}×", met_torch)]
+                                 "n/a" if fastest is None else f"{ratio(ours, fastest):.2f}×", met_torch)]
             cells["target"] = f"MFU ≥ 40%: {status[0]}; ≥ 1.5× torch: {status[1]}"
         del runners, torch_runners, timed
         _release_memory(ctx)
@@ -468,16 +354,13 @@ def population_task(model: str, batch: int, members: int, order: tuple) -> Task:
                    harness.prepare_sequential(row, num_images=ctx.num_images)]
         vmapped, sequential = measure(runners, steps=None, repeats=ctx.repeats,
                                       min_repeat_seconds=ctx.min_repeat_seconds)
-        tflops, mfu = _mfu(vmapped, "float32")
-        ratio = _ratio(vmapped, sequential)
+        speedup = ratio(vmapped, sequential)
         cells = {"G": str(members), "batch": str(batch),
-                 "vmapped ex/s (all members)": f"{vmapped.examples_per_sec:,.1f}",
-                 "compile s": f"{vmapped.setup_seconds:.1f}", "TFLOP/s": _fmt(tflops, ".3g"),
-                 "MFU": _fmt(mfu, ".1%", "n/a (no peak for this device)"),
+                 "vmapped ex/s (all members)": f"{vmapped.examples_per_sec:,.1f}", **_step_cells(vmapped, "float32"),
                  "sequential ex/s": f"{sequential.examples_per_sec:,.1f}",
-                 "vmapped / sequential": _ratio_cell(vmapped, sequential)}
+                 "vmapped / sequential": ratio_cell(vmapped, sequential)}
         if model == "mlp" and members == 16:
-            cells["target"] = "≥ 8×: " + ctx.target("population", name, f"{ratio:.2f}×", ratio >= 8)
+            cells["target"] = "≥ 8×: " + ctx.target("population", name, f"{speedup:.2f}×", speedup >= 8)
         del runners
         _release_memory(ctx)
         return cells
@@ -498,151 +381,22 @@ def population_tasks(small: bool) -> list[Task]:
 # --------------------------------------------------------------------------
 
 
-def gaussian_pairs(n: int, d: int, rho: float = RHO, seed: int = 0) -> np.ndarray:
-    """float32 ``[n, d]``: d/2 standard normal coordinates, then each paired with correlation ``rho``.
-
-    Analytic values: H[Z] = (d/2) log(2πe) + (d/4) log(1 − ρ²); with x the first
-    and y the second half, I[X;Y] = −(d/4) log(1 − ρ²).
-    """
-    if d % 2:
-        raise ValueError(f"`d` must be even; got {d}.")
-    rng = np.random.default_rng(seed)
-    a = rng.standard_normal((n, d // 2))
-    b = rho * a + math.sqrt(1.0 - rho**2) * rng.standard_normal((n, d // 2))
-    return np.concatenate([a, b], axis=1).astype(np.float32)
-
-
-def analytic_entropy(d: int, rho: float = RHO) -> float:
-    return 0.5 * d * math.log(2 * math.pi * math.e) + 0.25 * d * math.log(1.0 - rho**2)
-
-
-def analytic_mutual_information(d: int, rho: float = RHO) -> float:
-    return -0.25 * d * math.log(1.0 - rho**2)
-
-
-def kl_entropy_from_distances(kth: np.ndarray, d: int, k: int) -> float:
-    """Kozachenko–Leonenko in float64: ψ(N) − ψ(k) + log V_d + (d/N) Σ log ε_i, ε_i the k-th-neighbour distance."""
-    kth = np.asarray(kth, np.float64)
-    log_unit_ball = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1.0)
-    return float(special.digamma(kth.size) - special.digamma(k) + log_unit_ball + d * np.log(kth).mean())
-
-
-def ksg_from_counts(n_x: np.ndarray, n_y: np.ndarray, k: int) -> float:
-    """KSG (algorithm 1) in float64: ψ(k) + ψ(N) − mean[ψ(n_x + 1) + ψ(n_y + 1)]."""
-    n_x, n_y = np.asarray(n_x, np.float64), np.asarray(n_y, np.float64)
-    return float(special.digamma(k) + special.digamma(n_x.size)
-                 - np.mean(special.digamma(n_x + 1.0) + special.digamma(n_y + 1.0)))
-
-
-def conditional_from_classes(entropy_fn: Callable[[np.ndarray], float], x: np.ndarray, labels: np.ndarray) -> float:
-    """Σ_y p̂(y) H[X | Y = y] with ``entropy_fn`` on each class's points."""
-    classes, counts = np.unique(labels, return_counts=True)
-    return float(sum(c / len(labels) * entropy_fn(x[labels == y]) for y, c in zip(classes, counts)))
-
-
-@contextlib.contextmanager
-def _full_float32_matmuls():
-    """Float32 matrix products without TF32 (the distances must be float32-accurate)."""
-    import torch
-
-    saved = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(saved)
-
-
-def torch_kth_distances(x: np.ndarray, k: int, device="cpu", block: int = 1024) -> np.ndarray:
-    """Distances to the k-th nearest other point by brute force on ``device``.
-
-    Blocks of query rows: squared distances ‖q‖² + ‖x‖² − 2 q·x as one matrix
-    product each (float32, no TF32), then ``torch.topk``.
-    """
-    import torch
-
-    with _full_float32_matmuls(), torch.no_grad():
-        points = torch.as_tensor(np.asarray(x, np.float32), device=device)
-        points = points - points.mean(dim=0)
-        norms = (points * points).sum(dim=1)
-        out = torch.empty(points.shape[0], device=device)
-        for start in range(0, points.shape[0], block):
-            q = points[start:start + block]
-            squared = norms[start:start + len(q), None] + norms[None, :] - 2.0 * (q @ points.T)
-            rows = torch.arange(len(q), device=device)
-            squared[rows, rows + start] = math.inf  # not the point itself
-            out[start:start + len(q)] = torch.topk(squared, k, dim=1, largest=False).values[:, k - 1]
-        return out.clamp_min(0.0).sqrt().cpu().numpy()
-
-
-def torch_ksg_counts(x: np.ndarray, y: np.ndarray, k: int, device="cpu", block: int = 1024
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """n_x, n_y of KSG algorithm 1 by brute force on ``device``: max-norm distances (``torch.cdist``, p = ∞)."""
-    import torch
-
-    with torch.no_grad():
-        xs, ys = (torch.as_tensor(np.asarray(a, np.float32), device=device) for a in (x, y))
-        xs, ys = xs - xs.mean(dim=0), ys - ys.mean(dim=0)
-        n_x = torch.empty(xs.shape[0], dtype=torch.int64, device=device)
-        n_y = torch.empty_like(n_x)
-        for start in range(0, xs.shape[0], block):
-            dx = torch.cdist(xs[start:start + block], xs, p=math.inf)
-            dy = torch.cdist(ys[start:start + block], ys, p=math.inf)
-            joint = torch.maximum(dx, dy)
-            rows = torch.arange(len(dx), device=device)
-            joint[rows, rows + start] = math.inf
-            eps = torch.topk(joint, k, dim=1, largest=False).values[:, k - 1:k]
-            n_x[start:start + len(dx)] = (dx < eps).sum(dim=1) - 1  # minus the point itself
-            n_y[start:start + len(dx)] = (dy < eps).sum(dim=1) - 1
-        return n_x.cpu().numpy(), n_y.cpu().numpy()
-
-
-def torch_knn_entropy(x: np.ndarray, k: int = K, device="cpu") -> float:
-    return kl_entropy_from_distances(torch_kth_distances(x, k, device), x.shape[1], k)
-
-
-def torch_ksg(x: np.ndarray, y: np.ndarray, k: int = K, device="cpu") -> float:
-    return ksg_from_counts(*torch_ksg_counts(x, y, k, device), k)
-
-
-def sklearn_knn_entropy(x: np.ndarray, k: int = K) -> float:
-    """Kozachenko–Leonenko with scikit-learn's exact neighbours on the host (float64, all cores)."""
-    from sklearn.neighbors import NearestNeighbors
-
-    x = np.asarray(x, np.float64)
-    distances = NearestNeighbors(n_neighbors=k + 1, n_jobs=-1).fit(x).kneighbors(x)[0]
-    return kl_entropy_from_distances(distances[:, k], x.shape[1], k)
-
-
-def sklearn_ksg(x: np.ndarray, y: np.ndarray, k: int = K) -> float:
-    """KSG with scikit-learn on the host: the joint k-th neighbour (Chebyshev), then KDTree radius counts."""
-    from sklearn.neighbors import KDTree, NearestNeighbors
-
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    z = np.hstack([x, y])
-    eps = NearestNeighbors(n_neighbors=k + 1, metric="chebyshev", n_jobs=-1).fit(z).kneighbors(z)[0][:, k]
-    radius = np.nextafter(eps, 0)  # query_radius counts distances ≤ r; KSG counts < ε
-    n_x = KDTree(x, metric="chebyshev").query_radius(x, radius, count_only=True) - 1
-    n_y = KDTree(y, metric="chebyshev").query_radius(y, radius, count_only=True) - 1
-    return ksg_from_counts(n_x, n_y, k)
-
-
 def _estimator_functions(name: str, d: int, ctx: Context):
     """``(ibjax, torch or None, sklearn)`` functions of ``(z, labels) -> float`` for estimator ``name``."""
     device = ctx.torch_device
     half = d // 2
     if name == "knn_entropy":
         functions = (lambda z, y: float(estimators.knn_entropy(z, K)),
-                     lambda z, y: torch_knn_entropy(z, K, device),
-                     lambda z, y: sklearn_knn_entropy(z, K))
+                     lambda z, y: knn.torch_knn_entropy(z, K, device),
+                     lambda z, y: knn.sklearn_knn_entropy(z, K))
     elif name == "knn_conditional_entropy":
         functions = (lambda z, y: float(estimators.knn_conditional_entropy(z, y, K)),
-                     lambda z, y: conditional_from_classes(lambda p: torch_knn_entropy(p, K, device), z, y),
-                     lambda z, y: conditional_from_classes(lambda p: sklearn_knn_entropy(p, K), z, y))
+                     lambda z, y: knn.conditional_from_classes(lambda p: knn.torch_knn_entropy(p, K, device), z, y),
+                     lambda z, y: knn.conditional_from_classes(lambda p: knn.sklearn_knn_entropy(p, K), z, y))
     else:
         functions = (lambda z, y: float(estimators.ksg_mutual_information(z[:, :half], z[:, half:], K)),
-                     lambda z, y: torch_ksg(z[:, :half], z[:, half:], K, device),
-                     lambda z, y: sklearn_ksg(z[:, :half], z[:, half:], K))
+                     lambda z, y: knn.torch_ksg(z[:, :half], z[:, half:], K, device),
+                     lambda z, y: knn.sklearn_ksg(z[:, :half], z[:, half:], K))
     return functions[0], None if device is None else functions[1], functions[2]
 
 
@@ -695,7 +449,7 @@ def estimator_task(name: str, n: int, d: int, order: tuple) -> Task:
         row_name = f"ksg_mutual_information_n{n}_d{d}"
 
     def run(ctx: Context) -> dict[str, str]:
-        z = gaussian_pairs(n, d)
+        z = knn.gaussian_pairs(n, d)
         labels = np.random.default_rng(1).integers(0, 10, n).astype(np.int32)
         ours_fn, torch_fn, sklearn_fn = _estimator_functions(name, d, ctx)
         ours_values, torch_values = [], []
@@ -730,18 +484,18 @@ def estimator_task(name: str, n: int, d: int, order: tuple) -> Task:
             ctx.estimates_ok = False
             bad = ", ".join(f"{k} {v:.2e}" for k, v in differences.items() if v > tolerance)
             agreement = f"**DISAGREE** ({bad} > {tolerance:.1e})"
-        analytic = analytic_mutual_information(d) if name == "ksg" else analytic_entropy(d)
+        analytic = knn.analytic_mutual_information(d) if name == "ksg" else knn.analytic_entropy(d)
         ours_s = ours.step_seconds
         cells = {
             "N": f"{n:,}", "d": str(d) + (" (x: d/2, y: d/2)" if name == "ksg" else ""),
             "ibjax ms": f"{ours_s * 1e3:.2f}",
             "compile s": f"{max(first - ours_s, 0.0):.1f}",
             "torch ms": f"{torch_timing.step_seconds * 1e3:.2f}" if torch_timing else "n/a",
-            "sklearn ms": _fmt(None if sk_seconds is None else sk_seconds * 1e3, ".0f"),
+            "sklearn ms": fmt(None if sk_seconds is None else sk_seconds * 1e3, ".0f"),
             "torch / ibjax": f"{torch_timing.step_seconds / ours_s:.2f}" if torch_timing else "n/a",
-            "sklearn / ibjax": _fmt(None if sk_seconds is None else sk_seconds / ours_s, ".1f"),
+            "sklearn / ibjax": fmt(None if sk_seconds is None else sk_seconds / ours_s, ".1f"),
             "estimates, nats (ibjax / torch / sklearn; analytic)": " / ".join(
-                _fmt(v, ".4f") for v in (estimate, references["torch"], references["sklearn"]))
+                fmt(v, ".4f") for v in (estimate, references["torch"], references["sklearn"]))
                 + f"; {analytic:.2f}",
             "agreement": agreement,
             "notes": "; ".join(notes),
@@ -762,84 +516,44 @@ def estimator_tasks(small: bool) -> list[Task]:
 
 
 # --------------------------------------------------------------------------
-# Row 5: one epoch of train_and_evaluate against its step
+# Row 5: the training loop's epoch against its step
 # --------------------------------------------------------------------------
-
-
-class _EpochClock:
-    """A stdout that passes text on and notes when train_and_evaluate prints each epoch's summary line."""
-
-    def __init__(self, echo):
-        self.echo, self.printed, self._line = echo, {}, ""
-
-    def write(self, text: str) -> int:
-        now = time.perf_counter()
-        self.echo.write(text)
-        self._line += text
-        while "\n" in self._line:
-            line, self._line = self._line.split("\n", 1)
-            match = re.match(r"\s*epoch\s+(\d+)\s", line)
-            if match:
-                self.printed.setdefault(int(match.group(1)), now)
-        return len(text)
-
-    def flush(self) -> None:
-        self.echo.flush()
 
 
 def epoch_task() -> Task:
     name = "epoch_overhead_resnet18"
 
     def run(ctx: Context) -> dict[str, str]:
-        from ibjax import train
-        from ibjax.io import read_jsonl
-
         num_train, num_test, batch = ctx.epoch_images, min(10_000, max(ctx.epoch_images // 5, 64)), ctx.epoch_batch
         description, config_file, image_shape = MODELS["resnet18"]
         row = Row(name, description, config_file, image_shape, batch_size=batch)
-        config = harness.row_config(row)
-        config.train.num_epochs = 2
-        config.checkpoint.every_epochs = 1
-        config.train.tensorboard = True
-        if ctx.small:  # a test split smaller than the eval batch would be padded to 512 examples
-            config.train.eval_batch_size = min(config.train.eval_batch_size, num_test)
-        x_train, y_train = harness.synthetic_data(row, num_train, seed=0)
-        x_test, y_test = harness.synthetic_data(row, num_test, seed=1)
+        x_train, y_train = harness.synthetic_data(image_shape, num_train, seed=0)
+        x_test, y_test = harness.synthetic_data(image_shape, num_test, seed=1)
         dataset = datalib.Dataset("cifar10", x_train, y_train, x_test, y_test, 10)
-        clock = _EpochClock(sys.stderr)
-        with tempfile.TemporaryDirectory(prefix="ibjax_epoch_") as workdir:
-            start = time.perf_counter()
-            with contextlib.redirect_stdout(clock):
-                train.train_and_evaluate(config, workdir, dataset=dataset)
-            total = time.perf_counter() - start
-            records = read_jsonl(Path(workdir) / "metrics.jsonl")
-            events = sorted(p.name for p in Path(workdir).iterdir() if "tfevents" in p.name)
-            checkpoints = sorted(p.name for p in (Path(workdir) / "checkpoints").iterdir() if p.name.isdigit())
-        second = next(r for r in records if r["epoch"] == 2)
-        runner = harness.prepare_ibjax(row, num_images=num_train)
-        (step,) = measure([runner], steps=None, repeats=ctx.repeats, min_repeat_seconds=ctx.min_repeat_seconds)
-        del runner
-        first = next(r for r in records if r["epoch"] == 1)
-        steps = num_train // batch
+        with contextlib.ExitStack() as stack:
+            epochs = harness.LoopEpochs(experiment.setup(harness.row_config(row), dataset=dataset), stack,
+                                        checkpoint=True)
+            runners = [epochs.runner(), harness.prepare_ibjax(row, num_images=num_train)]
+            epoch, step = measure(runners, steps=None, repeats=ctx.repeats, min_repeat_seconds=ctx.min_repeat_seconds)
+            steps, per_call = epochs.experiment.steps_per_epoch, epochs.experiment.steps_per_call
+            checkpoints, compile_seconds = len(epochs.loop.managers[0].all_steps()), epochs.compile_seconds
+            # The train_epoch calls of the timed repeats, without their checkpoints.
+            alone = statistics.median(epochs.epoch_seconds[-epoch.steps * len(epoch.repeat_seconds):])
+        del runners, epochs
         ideal = step.step_seconds * steps
-        # From the first epoch's summary line to the second's: epoch 1's checkpoint
-        # save, then all of epoch 2 (steps, metrics, evaluation, TensorBoard).
-        cycle = clock.printed[2] - clock.printed[1] if {1, 2} <= clock.printed.keys() else None
-        measured = cycle if cycle is not None else second["epoch_seconds"]
-        ratio = measured / ideal
+        ratio_with, ratio_alone = epoch.step_seconds / ideal, alone / ideal
         # A --small epoch of a few steps is dominated by its fixed costs: the target is for full epochs.
-        status = ctx.target("epoch", name, f"{ratio:.3f}", None if ctx.small else ratio <= 1.05)
+        status = ctx.target("epoch", name, f"{ratio_with:.3f}", None if ctx.small else ratio_with <= 1.05)
         _release_memory(ctx)
         return {
             "train / test images": f"{num_train:,} / {num_test:,}", "batch": str(batch), "steps/epoch": str(steps),
             "step ms": f"{step.step_seconds * 1e3:.2f}", "steps × step s": f"{ideal:.2f}",
-            "epoch 2 s": f"{second['epoch_seconds']:.2f}", "epoch 2 + checkpoint s": _fmt(cycle, ".2f"),
-            "overhead ratio": f"{ratio:.3f} ({'with' if cycle is not None else 'without'} checkpoint; "
-                              f"{second['epoch_seconds'] / ideal:.3f} without)",
+            "epoch 2 s": f"{alone:.2f}", "epoch 2 + checkpoint s": f"{epoch.step_seconds:.2f}",
+            "overhead ratio": f"{ratio_with:.3f} (with checkpoint; {ratio_alone:.3f} without)",
             "target": f"≤ 1.05: {status}" + (f" (--small: {steps} steps an epoch)" if ctx.small else ""),
-            "notes": (f"ibjax's own figure {second['examples_per_sec']:,.0f} ex/s; whole call {total:.1f} s, "
-                      f"its compile {first.get('compile_seconds', math.nan):.1f} s (the step timed alone: "
-                      f"{step.setup_seconds:.1f} s); {len(checkpoints)} checkpoints, {len(events)} event file(s)"),
+            "notes": (f"train.train_epoch, K = {per_call} steps a call: {steps * batch / alone:,.0f} ex/s; its "
+                      f"compile {compile_seconds:.1f} s (the step timed alone: {step.setup_seconds:.1f} s); "
+                      f"{checkpoints} checkpoints, one an epoch; evaluation and metrics records not included"),
         }
 
     return Task(name, "epoch", "epoch", run)
@@ -867,19 +581,13 @@ def all_tasks(families: Sequence[str], small: bool) -> list[Task]:
 def _peak_line() -> str:
     device = jax.devices()[0]
     kind = device.device_kind.lower()
-    key = next((k for k in PEAK_FLOPS if k in kind), None)
+    key = next((k for k in harness.PEAK_FLOPS if k in kind), None)
     if key is None:
         return f"none for device_kind {device.device_kind!r} (not in PEAK_FLOPS): MFU is n/a"
-    peaks = ", ".join(f"{dtype} {peak_flops(device, dtype) / 1e12:.0f} TFLOP/s" for dtype in ("bfloat16", "float32"))
-    return (f"{key!r} from benchmarks.train_step.PEAK_FLOPS, dense, per device: {peaks} "
+    peaks = ", ".join(f"{dtype} {harness.peak_flops(device, dtype) / 1e12:.0f} TFLOP/s"
+                      for dtype in ("bfloat16", "float32"))
+    return (f"{key!r} from benchmarks.harness.PEAK_FLOPS, dense, per device: {peaks} "
             f"(float32: the TF32 rate XLA's default precision uses), × {jax.device_count()} device(s)")
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def header(ctx: Context, command: str) -> list[str]:
@@ -904,7 +612,7 @@ def header(ctx: Context, command: str) -> list[str]:
         "",
         f"* Devices: {jax.devices()} (device_kind {device.device_kind!r}, backend {jax.default_backend()})",
         f"* Host: {platform.node() or 'unknown'}, {usable_cores()} usable cores, python {platform.python_version()}",
-        "* Versions: " + ", ".join(f"{p} {_version(p)}" for p in packages),
+        f"* Versions: {harness.versions(packages)}",
         f"* Peak FLOP/s for MFU: {_peak_line()}",
         f"* PyTorch reference: {torch_line}",
         f"* XLA_FLAGS=`{os.environ.get('XLA_FLAGS', '')}`, XLA_PYTHON_CLIENT_PREALLOCATE="
@@ -1079,9 +787,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       epoch_batch=args.epoch_batch, sklearn_max_s=args.sklearn_max_s, torch_device=device,
                       torch_note=torch_note, torch_compile=compile_on, compile_note=compile_note,
                       start=start, budget_s=args.budget_s)
-        xla_flags = os.environ.get("XLA_FLAGS")
-        command = ("" if xla_flags is None else f"XLA_FLAGS={shlex.quote(xla_flags)} ") + shlex.join(
-            ["python", "benchmarks/accelerator.py", *argv])
+        command = harness.command_line("python", "benchmarks/accelerator.py", argv)
         tasks = all_tasks(args.rows, args.small)
         args.out.mkdir(parents=True, exist_ok=True)
         out_file = args.out / "accelerator.md"

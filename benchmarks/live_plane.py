@@ -3,11 +3,11 @@ r"""The cost of the live information plane (``train.analyze_every``) against a t
   python benchmarks/live_plane.py                       # both rows -> printed Markdown table
   python benchmarks/live_plane.py --rows digits --repeats 5
 
-For each row, two runners timed side by side (``benchmarks.train_step.measure``,
+For each row, three runners timed side by side (``benchmarks.harness.measure``,
 repeats interleaved):
 
 * **epoch**: one ``ibjax.train.train_epoch`` of the row's config, as the loop
-  runs it (K steps a compiled call, progress bar off). Evaluation and the
+  runs it (K steps a compiled call, progress bar off; ``harness.LoopEpochs``). Evaluation and the
   checkpoint, which a real epoch adds, are left out, so the ratio below is an
   upper bound of the real cost;
 * **quantities**: what an analysed epoch adds: ``InformationPlaneMonitor.records``
@@ -34,19 +34,15 @@ import contextlib
 import json
 import shlex
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-
-import jax
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.train_step import Runner, measure  # noqa: E402
+from benchmarks.harness import LoopEpochs, Runner, measure  # noqa: E402
 from ibjax import config as configlib  # noqa: E402
-from ibjax import experiment, summaries, train  # noqa: E402
-from ibjax import workdir as workdirlib  # noqa: E402
+from ibjax import experiment, summaries  # noqa: E402
 
 ROWS = {"digits": "default.py", "mnist_offline": "permuted_mnist_categorical_offline.py"}
 
@@ -59,35 +55,24 @@ def row_config(name: str):
 
 def runners(run: experiment.Experiment, stack: contextlib.ExitStack) -> tuple[Runner, Runner, Runner]:
     """``train.train_epoch`` on a claimed temporary workdir, the quantities of an analysed epoch, and its figure."""
-    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-    (workdir / "config.json").write_text(json.dumps(configlib.to_dict(run.config)))
-    loop = train.open_run(run, workdir, [workdir], stack.enter_context(workdirlib.StopRequests()), stack)
-    steps_fn = run.train_steps()
+    epochs = LoopEpochs(run, stack)
     monitor = summaries.InformationPlaneMonitor(run)
-    writer = stack.enter_context(contextlib.closing(summaries.open_writer(workdir / "events")))
-    state = {"state": run.init_state(), "epoch": 0}
-
-    def epochs(n: int) -> None:
-        for _ in range(n):
-            state["epoch"] += 1
-            state["state"], _, _ = train.train_epoch(loop, steps_fn, state["state"], state["epoch"], None, 0)
-        jax.block_until_ready(state["state"])
+    writer = stack.enter_context(contextlib.closing(summaries.open_writer(epochs.workdir / "events")))
 
     def analyses(n: int) -> None:
         for _ in range(n):
-            state["epoch"] += 1
-            record = {"epoch": state["epoch"], "test_accuracy": 0.5}
-            record["information_plane"] = monitor.records(state["state"], state["epoch"], [record])[0]
-            with open(workdir / "metrics.jsonl", "a") as f:
+            epochs.epoch += 1
+            record = {"epoch": epochs.epoch, "test_accuracy": 0.5}
+            record["information_plane"] = monitor.records(epochs.state, epochs.epoch, [record])[0]
+            with open(epochs.workdir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             summaries.write_record(writer, record)
 
     def figures(n: int) -> None:
         for _ in range(n):
-            summaries.write_information_plane(writer, [workdir], state["epoch"])
+            summaries.write_information_plane(writer, [epochs.workdir], epochs.epoch)
 
-    return (Runner(epochs, run.steps_per_epoch * run.config.train.batch_size, 0.0), Runner(analyses, 0, 0.0),
-            Runner(figures, 0, 0.0))
+    return epochs.runner(), Runner(analyses, 0, 0.0), Runner(figures, 0, 0.0)
 
 
 def cost(epoch_s: float, analysis_s: float, figure_s: float, every: int) -> float:

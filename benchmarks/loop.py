@@ -13,7 +13,7 @@ batch indices drawn on the device (``Experiment.epoch_batches``), then
   (``Experiment.train_steps``), each taking its batches inside the call.
 
 Rows (each ratio is of two timings interleaved in the same process, see
-``benchmarks.train_step.measure``):
+``benchmarks.harness.measure``):
 
 * ``digits``: the embedded default (configs/digits_condvar.py, 11 steps an epoch);
 * ``mlp_categorical``: the section 7.1 MLP with its categorical decoder
@@ -33,7 +33,6 @@ import contextlib
 import os
 import shlex
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,11 +42,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.train_step import Runner, Timing, _ratio, measure  # noqa: E402
+from benchmarks import harness  # noqa: E402
+from benchmarks.harness import Runner, Timing, measure, ratio_cell  # noqa: E402
 from ibjax import config as configlib  # noqa: E402
 from ibjax import data as datalib  # noqa: E402
-from ibjax import experiment, train  # noqa: E402
-from ibjax import workdir as workdirlib  # noqa: E402
+from ibjax import experiment  # noqa: E402
 
 ROWS = ("digits", "mlp_categorical", "mlp_categorical_seeds8", "epoch_overhead")
 MNIST_FULL = ROOT.parent / "shared" / "data" / "mnist_full"
@@ -64,9 +63,7 @@ def row_run(name: str, mnist_full: Path, num_images: int) -> experiment.Experime
         return experiment.setup(config)
     if name == "mlp_categorical_seeds8":
         config.population.num_seeds = 8
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (num_images, 28, 28, 1), dtype=np.uint8)
-    labels = rng.integers(0, 10, num_images).astype(np.int32)
+    images, labels = harness.synthetic_data((28, 28, 1), num_images)
     dataset = datalib.Dataset("permuted_mnist", images, labels, images[:512], labels[:512], 10)
     return experiment.setup(config, dataset=dataset)
 
@@ -86,10 +83,7 @@ class _Epochs:
         return experiment.put(np.int32(position), self.run.replicated)
 
     def done(self) -> None:
-        jax.block_until_ready((self.state, self.totals))
-        bad = np.asarray(jax.device_get(self.totals["bad_step"]))
-        if np.any(bad >= 0):
-            raise FloatingPointError(f"a step produced NaN/Inf (bad_step={bad.tolist()}).")
+        harness.check_healthy(self.totals, "loop benchmark")
 
 
 def per_step_runner(run: experiment.Experiment) -> Runner:
@@ -129,24 +123,13 @@ def chunked_runner(run: experiment.Experiment, per_call: int) -> Runner:
 
 
 def epoch_overhead_runners(run: experiment.Experiment, stack: contextlib.ExitStack) -> tuple[Runner, Runner]:
-    """``train.train_epoch`` on a claimed temporary workdir against its bare compiled calls."""
-    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-    config = run.config
-    config.train.progress_bar = True  # the loop as a user runs it (tqdm to stderr, refreshed per call)
-    stop = stack.enter_context(workdirlib.StopRequests())
-    loop = train.open_run(run, workdir, [workdir], stop, stack)
-    e = _Epochs(run)
-    steps_fn = run.train_steps().lower(e.state, e.totals, e.images, e.labels, run.epoch_batches(1), e.first(),
-                                       e.key, e.gamma, None).compile()
+    """``train.train_epoch`` on a claimed temporary workdir (``harness.LoopEpochs``) against its bare compiled calls."""
+    run.config.train.progress_bar = True  # the loop as a user runs it (tqdm to stderr, refreshed per call)
+    epochs = harness.LoopEpochs(run, stack)
+    steps_fn = epochs.train_steps
     calls = -(-run.steps_per_epoch // run.steps_per_call)
     bare = _Epochs(run)
     batches = run.epoch_batches(1)
-
-    def whole_epochs(n: int) -> None:
-        for _ in range(n):
-            e.epoch += 1
-            e.state, _, _ = train.train_epoch(loop, steps_fn, e.state, e.epoch, None, 0)
-        jax.block_until_ready(e.state)
 
     def bare_calls(n: int) -> None:
         for _ in range(n):
@@ -156,8 +139,8 @@ def epoch_overhead_runners(run: experiment.Experiment, stack: contextlib.ExitSta
                                                           first, bare.key, bare.gamma, None)
         jax.block_until_ready((bare.state, bare.totals))
 
-    examples = run.steps_per_epoch * config.train.batch_size
-    return Runner(whole_epochs, examples, 0.0), Runner(bare_calls, examples, 0.0, check=bare.done)
+    return epochs.runner(), Runner(bare_calls, run.steps_per_epoch * run.config.train.batch_size, 0.0,
+                                   check=bare.done)
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -204,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         for label, timing in zip(labels, timings):
             ratio = ("–" if timing is reference else
                      f"{timing.step_seconds / reference.step_seconds:.3f} time" if name == "epoch_overhead"
-                     else f"{_ratio(timing, reference)} speed")
+                     else f"{ratio_cell(timing, reference)} speed")
             line = (f"| {name} | {run.steps_per_epoch} | {run.num_members} | {label} | "
                     f"{timing.steps} × {len(timing.repeat_seconds)} | {timing.step_seconds * 1e3:.1f} | {ratio} |")
             print(line, flush=True)

@@ -34,7 +34,7 @@ first is sensitive to them.) Each member is still a trial of the same setup.
 from __future__ import annotations
 
 import argparse
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,12 +42,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ibjax import config as configlib
-from ibjax import data as datalib
-from ibjax import train
-from ibjax.io import read_jsonl
-
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import harness  # noqa: E402
+from ibjax import config as configlib  # noqa: E402
+from ibjax import data as datalib  # noqa: E402
+from ibjax import train  # noqa: E402
+from ibjax.io import read_jsonl  # noqa: E402
+
 CONFIG = ROOT / "configs" / "permuted_mnist_categorical_offline.py"
 
 
@@ -62,9 +66,7 @@ def base_config(epochs: int):
 
 
 def synthetic_dataset(num_train: int = 2048, num_test: int = 512, seed: int = 0) -> datalib.Dataset:
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (num_train + num_test, 28, 28, 1), dtype=np.uint8)
-    labels = rng.integers(0, 10, num_train + num_test).astype(np.int32)
+    images, labels = harness.synthetic_data((28, 28, 1), num_train + num_test, seed)
     return datalib.Dataset("permuted_mnist", images[:num_train], labels[:num_train], images[num_train:],
                            labels[num_train:], 10)
 
@@ -124,7 +126,7 @@ def main(argv=None) -> None:
     device = jax.devices()[0]
     print(f"\n{args.trials} trials of §7.1 (MLP 784-1024-1024-100, categorical Z, H_Θ[Y|Z]), {args.epochs} epochs, "
           f"{kind} data; {device.platform} ({device.device_kind}, {jax.device_count()} device(s)), "
-          f"{platform.processor() or platform.machine()}\n")
+          f"{harness.cpu_model()}\n")
     print("| timed | sequential (s) | seed population (s) | speed-up |")
     print("| --- | ---: | ---: | ---: |")
     print(f"| wall, compile included | {sequential_wall:.2f} | {population_wall:.2f} | "

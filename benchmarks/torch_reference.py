@@ -17,9 +17,10 @@ the same network, loss and optimiser for the three benchmarked models
   z, a linear decoder and the loss ``CE + γ Σ_y p̂(y) Σ_i ½ log(2πe (Var[z_i|y] + ε))``
   with unbiased within-class variances; pad-4 random crop and flip on the batch.
 
-Every step gathers its batch from the whole uint8 data set in memory by index,
-normalises it, and takes one Adam step (learning rate from the config, 1e-4),
-as ibjax's step does. ibjax's step also accumulates its metrics (accuracy,
+Every step (:func:`make_train_step`, on the CPU or an accelerator, eager or
+``torch.compile``-d) gathers its batch from the whole uint8 data set on the
+device by index, normalises it, and takes one Adam step (learning rate from
+the config, 1e-4), as ibjax's step does. ibjax's step also accumulates its metrics (accuracy,
 gradient norm, prediction cross-entropy) and guards against NaN; this
 baseline does only the loss, the backward pass and the update, so the ratio
 it gives is conservative for ibjax.
@@ -50,6 +51,9 @@ __all__ = [
     "random_crop_flip",
     "load_flax_mlp_categorical",
     "build",
+    "network_loss",
+    "input_batch",
+    "zero_entropy_noise",
     "training_loss",
     "make_train_step",
 ]
@@ -233,14 +237,89 @@ def build(config: ml_collections.ConfigDict) -> nn.Module:
     )
 
 
+def network_loss(config: ml_collections.ConfigDict, model: nn.Module
+                 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+    """``loss(x, labels, noise)``: the networks on a normalised batch and the config's loss terms.
+
+    The networks run under bfloat16 autocast on the model's device type if
+    ``config.dtype`` is 'bfloat16'; the loss terms are computed in float32.
+    The config is read here, into plain constants, so that ``torch.compile``
+    of the returned function sees no config object.
+
+    Args:
+      config: the ibjax experiment config the model was built from (:func:`build`).
+      model: the model :func:`build` returned.
+
+    Returns:
+      ``loss(x, labels, noise)`` of ``x`` ``[B, C, H, W]`` (:func:`input_batch`),
+      int64 ``labels`` ``[B]`` and the zero-entropy noise ``[S, B, K]``
+      (:func:`zero_entropy_noise`; None without): the scalar loss.
+    """
+    m, objective = config.model, config.objective
+    if objective.regularizer not in ("none", "cond_log_var"):
+        raise ValueError("The torch reference implements objective.regularizer in ('none', 'cond_log_var'); "
+                         f"got {objective.regularizer!r}.")
+    autocast = dict(device_type=next(model.parameters()).device.type, dtype=torch.bfloat16,
+                    enabled=config.dtype == "bfloat16")
+    categorical, cnn = m.latent == "categorical", m.encoder == "dropout_cnn"
+    samples = int(m.num_samples) if cnn else 1
+    gamma = float(objective.gamma) if objective.regularizer == "cond_log_var" else None
+    eps = float(objective.eps)
+
+    def loss(x: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        with torch.autocast(**autocast):
+            if categorical:
+                return categorical_decoder_cross_entropy(*model(x), labels).mean()
+            z = (model["encoder"](x, samples) if cnn else model["encoder"](x)[None]).float()
+            z = z if noise is None else z + noise
+            logits = model["decoder"](z).float()
+        total = decoder_cross_entropy(logits, labels).mean()
+        if gamma is not None:
+            total = total + gamma * conditional_log_variance(
+                z.flatten(0, 1), labels.repeat(z.shape[0]), logits.shape[-1], eps)
+        return total
+
+    return loss
+
+
+def input_batch(config: ml_collections.ConfigDict, device: torch.device | str = "cpu",
+                memory_format: torch.memory_format = torch.contiguous_format
+                ) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """``inputs(images, generator)``: a uint8 batch ``[B, H, W, C]`` on ``device`` as the networks take it.
+
+    Normalised, augmented if ``config.data.augment`` (drawn from
+    ``generator``), and ``[B, C, H, W]`` in ``memory_format``.
+    """
+    mean, std = (torch.tensor(v, device=device) for v in NORMALIZATION[config.data.name])
+    augment = bool(config.data.augment)
+
+    def inputs(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x = (images.float() / 255.0 - mean) / std
+        if augment:
+            with torch.device(images.device):  # random_crop_flip makes its index tensors on the default device
+                x = random_crop_flip(x, generator)
+        return x.permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
+
+    return inputs
+
+
+def zero_entropy_noise(config: ml_collections.ConfigDict, batch_size: int, generator: torch.Generator,
+                       device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """N(0, 1/(2πe)) noise ``[S, B, K]`` for a continuous latent with ``model.noise``; None otherwise."""
+    m = config.model
+    if m.latent == "categorical" or not m.noise:
+        return None
+    samples = int(m.num_samples) if m.encoder == "dropout_cnn" else 1
+    return ZERO_ENTROPY_STD * torch.randn((samples, batch_size, int(m.latent_dim)), generator=generator,
+                                          device=device)
+
+
 def training_loss(config: ml_collections.ConfigDict, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                   generator: torch.Generator, memory_format: torch.memory_format = torch.contiguous_format
                   ) -> torch.Tensor:
     """The training loss of a batch, as ibjax's train step computes it for ``config``.
 
-    Normalises the uint8 batch, augments it if ``config.data.augment``, runs
-    the networks (under bfloat16 CPU autocast if ``config.dtype`` is
-    'bfloat16') and computes the loss terms in float32.
+    :func:`input_batch`, then :func:`network_loss` with :func:`zero_entropy_noise`.
 
     Args:
       config: the ibjax experiment config the model was built from (:func:`build`).
@@ -253,64 +332,58 @@ def training_loss(config: ml_collections.ConfigDict, model: nn.Module, images: t
     Returns:
       The scalar loss.
     """
-    m, objective = config.model, config.objective
-    mean, std = (torch.tensor(v) for v in NORMALIZATION[config.data.name])
-    x = (images.float() / 255.0 - mean) / std
-    if config.data.augment:
-        x = random_crop_flip(x, generator)
-    x = x.permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.dtype == "bfloat16"):
-        if m.latent == "categorical":
-            z_log_probs, decoder_log_probs = model(x)
-            return categorical_decoder_cross_entropy(z_log_probs, decoder_log_probs, labels).mean()
-        encoder, decoder = model["encoder"], model["decoder"]
-        z = (encoder(x, m.num_samples) if m.encoder == "dropout_cnn" else encoder(x)[None]).float()
-        if m.noise:
-            z = z + ZERO_ENTROPY_STD * torch.randn(z.shape, generator=generator)
-        logits = decoder(z).float()
-    loss = decoder_cross_entropy(logits, labels).mean()
-    if objective.regularizer == "cond_log_var":
-        loss = loss + objective.gamma * conditional_log_variance(
-            z.flatten(0, 1), labels.repeat(z.shape[0]), logits.shape[-1], objective.eps)
-    elif objective.regularizer != "none":
-        raise ValueError("The torch reference implements objective.regularizer in ('none', 'cond_log_var'); "
-                         f"got {objective.regularizer!r}.")
-    return loss
+    x = input_batch(config, images.device, memory_format)(images, generator)
+    noise = zero_entropy_noise(config, len(labels), generator, images.device)
+    return network_loss(config, model)(x, labels, noise)
 
 
 def make_train_step(config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray, *,
-                    seed: int = 0, channels_last: bool = True) -> Callable[[np.ndarray], torch.Tensor]:
-    """One eager training step of the config's model: ``step(batch_idx) -> loss``.
+                    seed: int = 0, device: torch.device | str = "cpu", compiled: bool = False,
+                    channels_last: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One training step of the config's model on ``device``: ``step(batch_idx) -> loss``.
+
+    The data set, the indices and the random generator live on ``device``;
+    Adam is fused on CUDA (``foreach`` elsewhere). ``compiled`` runs the
+    networks and the loss (:func:`network_loss`) through ``torch.compile``
+    (``dynamic=False``); the augmentation and the noise draw stay eager.
 
     Args:
       config: an ibjax experiment config (``configs/*.py``); reads the model,
-        the objective, ``dtype`` ('bfloat16' runs the forward pass under CPU
+        the objective, ``dtype`` ('bfloat16' runs the networks under
         autocast) and ``train.learning_rate``.
       images: the whole data set, uint8 ``[N, H, W, C]``.
       labels: int ``[N]``.
       seed: seeds the parameters, Dropout, the noise and the augmentation.
-      channels_last: keep image activations NHWC in memory (oneDNN's fast
-        convolution layout on CPU).
+      device: where the step runs.
+      compiled: ``torch.compile`` the networks and the loss.
+      channels_last: keep a convolutional network's activations NHWC in
+        memory (oneDNN's and cuDNN's fast convolution layout).
 
     Returns:
-      ``step(batch_idx)``: takes ``[B]`` indices into ``images``, applies one
-      Adam update and returns the loss (a 0-d tensor).
+      ``step(batch_idx)``: takes ``[B]`` indices into ``images`` (int64 on
+      ``device``, or anything ``torch.as_tensor`` takes), applies one Adam
+      update and returns the loss (a 0-d tensor, not synchronised).
     """
     if config.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"config.dtype must be 'float32' or 'bfloat16'; got {config.dtype!r}.")
+    device = torch.device(device)
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    model = build(config).train()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    if config.model.encoder != "mlp":
-        model = model.to(memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.learning_rate, foreach=True)
-    data = torch.from_numpy(np.ascontiguousarray(images))
-    targets = torch.from_numpy(np.asarray(labels, np.int64))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    conv = config.model.encoder != "mlp"
+    memory_format = torch.channels_last if conv and channels_last else torch.contiguous_format
+    model = build(config).to(device=device, memory_format=memory_format).train()
+    adam = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.learning_rate, **adam)
+    data = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    targets = torch.from_numpy(np.asarray(labels, np.int64)).to(device)
+    inputs = input_batch(config, device, memory_format)
+    loss_fn = network_loss(config, model)
+    loss_fn = torch.compile(loss_fn, dynamic=False) if compiled else loss_fn
 
-    def step(batch_idx: np.ndarray) -> torch.Tensor:
-        idx = torch.from_numpy(np.asarray(batch_idx, np.int64))
-        loss = training_loss(config, model, data[idx], targets[idx], generator, memory_format)
+    def step(batch_idx) -> torch.Tensor:
+        idx = torch.as_tensor(batch_idx, dtype=torch.int64, device=device)
+        x = inputs(data[idx], generator)
+        loss = loss_fn(x, targets[idx], zero_entropy_noise(config, len(idx), generator, device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

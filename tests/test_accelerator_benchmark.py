@@ -1,4 +1,4 @@
-"""Tests of benchmarks/accelerator.py: its estimator references, its command line, and a --small run end to end."""
+"""Tests of benchmarks/accelerator.py: its estimator references (benchmarks/knn_reference.py), its command line, and a --small run end to end."""
 
 import math
 import os
@@ -15,13 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import accelerator as acc  # noqa: E402
+from benchmarks import knn_reference as ref  # noqa: E402
 from ibjax import estimators  # noqa: E402
 
 # ------------------------------------------------------- estimator references
 
 
 def _data(n=600, d=4, seed=0):
-    z = acc.gaussian_pairs(n, d, seed=seed)
+    z = ref.gaussian_pairs(n, d, seed=seed)
     labels = np.random.default_rng(seed + 1).integers(0, 3, n).astype(np.int32)
     return z, labels
 
@@ -29,47 +30,47 @@ def _data(n=600, d=4, seed=0):
 def test_kl_formula_on_exact_distances_matches_knn_entropy():
     # Formula level, no PyTorch: float64 cKDTree k-th-neighbour distances through the benchmark's formula.
     z, _ = _data()
-    kth = cKDTree(z.astype(np.float64)).query(z.astype(np.float64), acc.K + 1)[0][:, acc.K]
-    expected = float(estimators.knn_entropy(z, acc.K))
-    assert acc.kl_entropy_from_distances(kth, z.shape[1], acc.K) == pytest.approx(expected, rel=1e-4)
+    kth = cKDTree(z.astype(np.float64)).query(z.astype(np.float64), ref.K + 1)[0][:, ref.K]
+    expected = float(estimators.knn_entropy(z, ref.K))
+    assert ref.kl_entropy_from_distances(kth, z.shape[1], ref.K) == pytest.approx(expected, rel=1e-4)
     # and the estimate is near the analytic entropy of the paired Gaussian
-    assert expected == pytest.approx(acc.analytic_entropy(z.shape[1]), abs=0.3)
+    assert expected == pytest.approx(ref.analytic_entropy(z.shape[1]), abs=0.3)
 
 
 def test_ksg_formula_on_exact_counts_matches_ksg_mutual_information():
     z, _ = _data()
     x, y = z[:, :2].astype(np.float64), z[:, 2:].astype(np.float64)
     joint = np.hstack([x, y])
-    eps = cKDTree(joint).query(joint, acc.K + 1, p=np.inf)[0][:, acc.K]
+    eps = cKDTree(joint).query(joint, ref.K + 1, p=np.inf)[0][:, ref.K]
     radius = np.nextafter(eps, 0)
     n_x = cKDTree(x).query_ball_point(x, radius, p=np.inf, return_length=True) - 1
     n_y = cKDTree(y).query_ball_point(y, radius, p=np.inf, return_length=True) - 1
-    expected = float(estimators.ksg_mutual_information(z[:, :2], z[:, 2:], acc.K))
-    assert acc.ksg_from_counts(n_x, n_y, acc.K) == pytest.approx(expected, rel=1e-4)
+    expected = float(estimators.ksg_mutual_information(z[:, :2], z[:, 2:], ref.K))
+    assert ref.ksg_from_counts(n_x, n_y, ref.K) == pytest.approx(expected, rel=1e-4)
 
 
 def test_sklearn_references_match_ibjax():
     pytest.importorskip("sklearn")
     z, labels = _data()
-    assert acc.sklearn_knn_entropy(z) == pytest.approx(float(estimators.knn_entropy(z, acc.K)), rel=1e-4)
-    assert acc.conditional_from_classes(acc.sklearn_knn_entropy, z, labels) == pytest.approx(
-        float(estimators.knn_conditional_entropy(z, labels, acc.K)), rel=1e-4)
-    assert acc.sklearn_ksg(z[:, :2], z[:, 2:]) == pytest.approx(
-        float(estimators.ksg_mutual_information(z[:, :2], z[:, 2:], acc.K)), rel=1e-4)
+    assert ref.sklearn_knn_entropy(z) == pytest.approx(float(estimators.knn_entropy(z, ref.K)), rel=1e-4)
+    assert ref.conditional_from_classes(ref.sklearn_knn_entropy, z, labels) == pytest.approx(
+        float(estimators.knn_conditional_entropy(z, labels, ref.K)), rel=1e-4)
+    assert ref.sklearn_ksg(z[:, :2], z[:, 2:]) == pytest.approx(
+        float(estimators.ksg_mutual_information(z[:, :2], z[:, 2:], ref.K)), rel=1e-4)
 
 
 def test_torch_brute_force_references_match_ibjax():
     pytest.importorskip("torch")
     z, labels = _data()
     # Blocks smaller than N, so the self-exclusion of every block is exercised.
-    kth = acc.torch_kth_distances(z, acc.K, "cpu", block=256)
-    assert acc.kl_entropy_from_distances(kth, z.shape[1], acc.K) == pytest.approx(
-        float(estimators.knn_entropy(z, acc.K)), rel=1e-4)
-    assert acc.conditional_from_classes(lambda p: acc.torch_knn_entropy(p, acc.K), z, labels) == pytest.approx(
-        float(estimators.knn_conditional_entropy(z, labels, acc.K)), rel=1e-4)
-    n_x, n_y = acc.torch_ksg_counts(z[:, :2], z[:, 2:], acc.K, "cpu", block=256)
-    assert acc.ksg_from_counts(n_x, n_y, acc.K) == pytest.approx(
-        float(estimators.ksg_mutual_information(z[:, :2], z[:, 2:], acc.K)), rel=1e-4)
+    kth = ref.torch_kth_distances(z, ref.K, "cpu", block=256)
+    assert ref.kl_entropy_from_distances(kth, z.shape[1], ref.K) == pytest.approx(
+        float(estimators.knn_entropy(z, ref.K)), rel=1e-4)
+    assert ref.conditional_from_classes(lambda p: ref.torch_knn_entropy(p, ref.K), z, labels) == pytest.approx(
+        float(estimators.knn_conditional_entropy(z, labels, ref.K)), rel=1e-4)
+    n_x, n_y = ref.torch_ksg_counts(z[:, :2], z[:, 2:], ref.K, "cpu", block=256)
+    assert ref.ksg_from_counts(n_x, n_y, ref.K) == pytest.approx(
+        float(estimators.ksg_mutual_information(z[:, :2], z[:, 2:], ref.K)), rel=1e-4)
 
 
 def _context(**overrides):

@@ -1,4 +1,4 @@
-"""Tests of the throughput harness (benchmarks/train_step.py) and its PyTorch reference."""
+"""Tests of the benchmark harness (benchmarks/harness.py), the train-step benchmark and its PyTorch reference."""
 
 import math
 import sys
@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import harness  # noqa: E402
 from benchmarks import train_step as bench  # noqa: E402
 from ibjax import data as datalib  # noqa: E402
 from ibjax import information, losses, models  # noqa: E402
@@ -47,20 +48,20 @@ def test_mlp_row_gives_positive_finite_throughput_and_compile_time():
 
 def test_measure_interleaves_runners_and_reports_the_median(monkeypatch):
     now = [0.0]
-    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(harness, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
     calls = []
 
     def fake(name, seconds_per_step):
         def run(n):
             calls.append((name, n))
             now[0] += n * seconds_per_step.pop(0)
-        return bench.Runner(run, examples_per_step=10, setup_seconds=0.5, flops_per_example=7.0)
+        return harness.Runner(run, examples_per_step=10, setup_seconds=0.5, flops_per_example=7.0)
 
     # Seconds per step of: two warm-up steps, then three repeats.
     a = fake("a", [0.003, 0.002, 0.002, 0.004, 0.001])
     b = fake("b", [0.03, 0.03, 0.02, 0.05, 0.03])
     c = fake("c", [2.0, 1.0, 3.0, 2.0])  # one warm-up step: it lasts min_repeat_seconds
-    timings = bench.measure([a, b, c], steps=None, repeats=3, warmup=2, min_repeat_seconds=0.04)
+    timings = harness.measure([a, b, c], steps=None, repeats=3, warmup=2, min_repeat_seconds=0.04)
     assert [t.steps for t in timings] == [20, 2, 1]  # ceil(0.04 / last warm-up step), at least 1
     assert calls == [("a", 1), ("a", 1), ("b", 1), ("b", 1), ("c", 1),
                      ("a", 20), ("b", 2), ("c", 1), ("c", 1), ("b", 2), ("a", 20), ("a", 20), ("b", 2), ("c", 1)]
@@ -72,17 +73,17 @@ def test_measure_interleaves_runners_and_reports_the_median(monkeypatch):
         assert timing.flops_per_example == 7.0 and timing.setup_seconds == 0.5
 
     d = fake("d", [0.1, 0.1, 0.1, 0.3])
-    (timing,) = bench.measure([d], steps=5, repeats=2, warmup=2, min_repeat_seconds=1.0)
+    (timing,) = harness.measure([d], steps=5, repeats=2, warmup=2, min_repeat_seconds=1.0)
     assert timing.steps == 5 and calls[-2:] == [("d", 5), ("d", 5)]
     assert timing.step_seconds == pytest.approx(0.2)  # the median of two is their mean
 
 
 def test_measure_rejects_bad_counts():
-    runner = bench.Runner(lambda n: None, 1, 0.0)
+    runner = harness.Runner(lambda n: None, 1, 0.0)
     with pytest.raises(ValueError, match="`repeats`"):
-        bench.measure([runner], steps=1, repeats=0)
+        harness.measure([runner], steps=1, repeats=0)
     with pytest.raises(ValueError, match="`steps`"):
-        bench.measure([runner], steps=0, repeats=1)
+        harness.measure([runner], steps=0, repeats=1)
 
 
 def test_run_row_and_flags_name_the_valid_rows():
@@ -101,17 +102,17 @@ class _Device:
 
 
 def test_peak_flops_by_device_kind():
-    assert bench.peak_flops(_Device("NVIDIA H100 80GB HBM3"), "bfloat16") == 989e12
-    assert bench.peak_flops(_Device("NVIDIA H100 PCIe"), "float32") == 378e12
-    assert bench.peak_flops(_Device("TPU v5 lite"), "bfloat16") == 197e12
-    assert bench.peak_flops(_Device("cpu"), "float32") is None
+    assert harness.peak_flops(_Device("NVIDIA H100 80GB HBM3"), "bfloat16") == 989e12
+    assert harness.peak_flops(_Device("NVIDIA H100 PCIe"), "float32") == 378e12
+    assert harness.peak_flops(_Device("TPU v5 lite"), "bfloat16") == 197e12
+    assert harness.peak_flops(_Device("cpu"), "float32") is None
 
 
 def test_report_tables_and_notes_below_the_marker(tmp_path):
-    single = bench.Timing(1000.0, 0.128, [0.128, 0.1, 0.2], 4, 2.5, 1.6e7)
-    torch_timing = bench.Timing(500.0, 0.256, [0.256, 0.3, 0.25], 2, 1.0)
-    population = bench.Timing(1000.0, 0.512, [0.512], 1, 3.0, 1.6e7)
-    sequential = bench.Timing(800.0, 0.64, [0.64, 0.7], 1, 2.0)
+    single = harness.Timing(1000.0, 0.128, [0.128, 0.1, 0.2], 4, 2.5, 1.6e7)
+    torch_timing = harness.Timing(500.0, 0.256, [0.256, 0.3, 0.25], 2, 1.0)
+    population = harness.Timing(1000.0, 0.512, [0.512], 1, 3.0, 1.6e7)
+    sequential = harness.Timing(800.0, 0.64, [0.64, 0.7], 1, 2.0)
     results = [bench.Result(bench.ROWS["mlp_categorical"], single, torch=torch_timing),
                bench.Result(bench.ROWS["population_g4"], population, sequential=sequential)]
     report = bench.format_report(results, "python benchmarks/train_step.py", with_torch=False,
@@ -121,19 +122,19 @@ def test_report_tables_and_notes_below_the_marker(tmp_path):
     assert "| population_g4 | 4 | 128 | 1 × 1 | 1000.0 | 3.0 | 0.016 | 16.0 | n/a | 800.0 | 1.25 (1.25) |" in report
     assert "1.00 / 2.00 / 3.00; 4.00 / 5.00 / 6.00" in report
     path = tmp_path / "RESULTS.md"
-    bench.write_report(path, report)
+    harness.write_report(path, report)
     path.write_text(path.read_text() + "\n## Findings\nkeep me\n")
-    bench.write_report(path, report.replace("1000.0", "999.0"))
+    harness.write_report(path, report.replace("1000.0", "999.0"))
     text = path.read_text()
     assert "999.0" in text and "1000.0" not in text and text.endswith("## Findings\nkeep me\n")
-    assert text.count(bench.NOTES_MARKER) == 1
+    assert text.count(harness.NOTES_MARKER) == 1
 
 
 # ------------------------------------------------------------------ PyTorch reference
 
 
 def _small_mlp_config():
-    config = bench.row_config(bench.ROWS["mlp_categorical"])
+    config = harness.row_config(bench.ROWS["mlp_categorical"])
     config.model.encoder_hidden = (64, 48)
     config.model.latent_dim = 12
     config.model.decoder_hidden = (40, 32)
@@ -145,7 +146,7 @@ def test_torch_mlp_loss_equals_ibjax_decoder_cross_entropy_on_the_same_weights()
     from benchmarks import torch_reference
 
     config = _small_mlp_config()
-    images, labels = bench.synthetic_data(bench.ROWS["mlp_categorical"], num_images=64, seed=3)
+    images, labels = harness.synthetic_data(bench.ROWS["mlp_categorical"].image_shape, num_images=64, seed=3)
     model = models.create_model(config.model, 10)
     params = jax.jit(lambda key: model.init(key, jnp.zeros((1, 28, 28, 1)), train=False, num_samples=1))(
         jax.random.key(0))["params"]
@@ -237,7 +238,7 @@ def test_torch_encoders_have_the_ibjax_parameter_counts(encoder):
     pytest.importorskip("torch")
     from benchmarks import torch_reference
 
-    config = bench.row_config(bench.ROWS["dropout_cnn" if encoder == "dropout_cnn" else "resnet18_b128_f32"])
+    config = harness.row_config(bench.ROWS["dropout_cnn" if encoder == "dropout_cnn" else "resnet18_b128_f32"])
     model = models.create_model(config.model, 10)
     shape = (1, 28, 28, 1) if encoder == "dropout_cnn" else (1, 32, 32, 3)
     variables = jax.eval_shape(lambda: model.init(
