@@ -387,7 +387,9 @@ def plot_cross_entropy_curves(runs: Sequence[Run]) -> Figure:
                 has_exact = all(exact in r for run in group for r in run.metrics)
                 _draw_quartiles(ax, _quartile_curve(group, exact if has_exact else key), color, label, drawn)
             _draw_quartiles(accuracy_ax, _quartile_curve(group, "test_accuracy"), "0.2", "test accuracy", drawn)
-    fig.legend(handles=list(drawn.values()), loc="outside lower center", ncols=len(drawn), fontsize="small")
+    # One row of entries under three columns of panels; two rows where a single column is too narrow.
+    ncols = len(drawn) if len(objectives) > 1 else max(1, (len(drawn) + 1) // 2)
+    fig.legend(handles=list(drawn.values()), loc="outside lower center", ncols=ncols, fontsize="small")
     return fig
 
 
