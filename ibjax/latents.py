@@ -66,8 +66,6 @@ VIB_MIN_SCALE: float = 1e-6
 #: Encoders with Dropout: p_Θ(z|x) is sampled through the Dropout masks.
 STOCHASTIC_ENCODERS: tuple[str, ...] = ("dropout_cnn",)
 
-#: The model fields that decide a kind (config.model or an IBModel).
-_FIELDS = ("latent", "noise", "encoder")
 
 def _field(model: Any, name: str) -> Any:
     value = model.get(name) if hasattr(model, "get") else getattr(model, name, None)
