@@ -240,7 +240,6 @@ class VIBLatent(LatentKind):
         return {"z": z, "z_mean": z_mean, "z_scale": z_scale, "logits": decoder(z).astype(jnp.float32)}
 
 
-
 class CategoricalLatent(LatentKind):
     """Categorical Z over C = ``latent_dim`` codes (section 7.1).
 
