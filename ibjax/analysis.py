@@ -465,7 +465,7 @@ def analyze_run(workdir, *, k: int = 3, max_examples: int = 0, progress: bool = 
 def make_analyzer(model, config, *, estimator: str = "mixture", k: int = 3, num_dropout_draws: int = 8):
     """``(state, images, labels, num_classes) -> quantities`` of one run's state, the estimator chosen per latent.
 
-    The latent kind chooses (:meth:`ibjax.latents.LatentKind.analyzer`), for
+    The latent kind chooses (:attr:`ibjax.latents.LatentKind.estimators`), for
     :func:`analyze_run` (on checkpoints) and the training loop
     (``train.analyze_every``) alike: categorical Z exact
     (:func:`categorical_quantities`); a Dropout encoder's continuous Z by the

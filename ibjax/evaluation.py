@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ibjax import data as datalib
-from ibjax import information, latents, losses, models
+from ibjax import information, latents, losses
 from ibjax.latents import categorical_terms
 from ibjax.step import correct, forward
 
